@@ -1,0 +1,153 @@
+"""Domain values shared by the engine and the provider clients.
+
+Terminology (see also ``syncd.sync``):
+
+canonical
+    The contact book in syncd's own database (tables ``contacts``, ``groups``,
+    ``group_members``): the desired state.
+remote
+    A record as one provider account holds it, normalised by that provider's client.
+projection
+    A canonical record mapped onto the fields one provider can store, in that
+    provider's own field names (``Provider.project``). Fingerprints and the
+    three-way comparison are taken on projections, so a field a provider cannot
+    hold never shows up as a change.
+
+Nothing here imports httpx, SQLAlchemy or structlog: these are plain values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeAlias
+
+__all__ = [
+    "Contact",
+    "ContactWrite",
+    "FieldValue",
+    "Fields",
+    "Group",
+    "RemoteContact",
+    "RemoteGroup",
+    "WriteOutcome",
+    "fingerprint",
+    "group_key",
+]
+
+FieldValue: TypeAlias = str | bool | int | list[Any] | None
+"""A projected field value: JSON-serialisable. Group sets are sorted lists."""
+
+Fields: TypeAlias = Mapping[str, Any]
+"""Projected field values of one record, in one provider's field space."""
+
+
+def group_key(name: str) -> str:
+    """The matching key of a group: its name trimmed and case-folded."""
+    return " ".join(name.split()).casefold()
+
+
+def fingerprint(fields: Fields) -> str:
+    """A stable digest of projected fields (key order does not matter)."""
+    blob = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """A canonical contact. ``groups`` holds canonical group ids."""
+
+    id: int | None
+    phone: str
+    name: str = ""
+    surname: str = ""
+    email: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    opted_out: bool = False
+    groups: frozenset[int] = frozenset()
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """A canonical group."""
+
+    id: int | None
+    name: str
+    description: str = ""
+    updated_at: datetime | None = None
+
+    @property
+    def key(self) -> str:
+        return group_key(self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteGroup:
+    """A group as a provider lists it."""
+
+    remote_id: str
+    name: str
+    description: str = ""
+    modified_at: datetime | None = None
+
+    @property
+    def key(self) -> str:
+        return group_key(self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteContact:
+    """A contact as a provider lists it, normalised by the client.
+
+    ``phone`` is E.164 when the provider's value parses, else the raw value.
+    ``fields`` is in the provider's field space and excludes groups and opt-out,
+    which have their own attributes. ``groups`` holds remote group ids.
+    """
+
+    remote_id: str
+    phone: str
+    fields: Fields
+    groups: frozenset[str] = frozenset()
+    opted_out: bool = False
+    modified_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ContactWrite:
+    """One contact to create or update at a provider.
+
+    ``ref`` is the caller's handle (the canonical id) echoed in the outcome.
+    ``remote_id`` is None for a create. ``fields`` is the projection
+    (``Provider.project``); ``groups`` the remote group ids the contact must be
+    in afterwards (providers whose writes replace memberships need them all).
+    ``opted_out`` asks providers that can hold an opt-out to record it.
+    """
+
+    ref: int
+    phone: str
+    fields: Fields
+    groups: frozenset[str] = frozenset()
+    remote_id: str | None = None
+    opted_out: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    """The result of one write in a batch: a remote id, or the error that stopped it.
+
+    ``error`` is a ``syncd.errors.ProviderError``; typed loosely here to keep this
+    module free of the error tree's imports.
+    """
+
+    ref: int | str
+    remote_id: str | None = None
+    error: Exception | None = None
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None

@@ -1,0 +1,109 @@
+"""The one interface the sync engine sees of a provider account.
+
+Every provider module (``smsend``, ``sendhub``) implements :class:`Provider`.
+Reads stream page by page; writes take batches and answer one
+:class:`~syncd.model.WriteOutcome` per item, so one bad record never stops the
+others. Errors are :mod:`syncd.errors` ``ProviderError`` subclasses only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from syncd.model import Contact, ContactWrite, Fields, RemoteContact, RemoteGroup, WriteOutcome
+
+__all__ = ["Capabilities", "MembershipOutcome", "Provider"]
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a provider's documented API lets syncd do.
+
+    ``list_contacts``
+        Contacts can be listed. When False (smsend) contacts are outbound only:
+        the mirror holds what syncd last wrote, and remote edits are not seen.
+    ``contact_id_is_phone``
+        The provider's write path is keyed by phone number (smsend's upsert), so
+        the E.164 number serves as the remote id and a create can never duplicate.
+    ``update_contacts`` / ``delete_contacts``
+        Whether contacts can be updated / deleted at all.
+    ``member_changes``
+        Memberships change through a per-group add/remove call (SendHub); when
+        False, memberships travel with the contact write (smsend's ``groupIds``).
+    ``opt_out_outbound``
+        syncd can record an opt-out at the provider (smsend's blacklist).
+    ``contact_fields``
+        The provider field names ``project`` may produce.
+    """
+
+    list_contacts: bool
+    contact_id_is_phone: bool
+    update_contacts: bool
+    delete_contacts: bool
+    member_changes: bool
+    opt_out_outbound: bool
+    contact_fields: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipOutcome:
+    """Per-id results of one membership change call: failed ids map to their error."""
+
+    added: frozenset[str]
+    removed: frozenset[str]
+    errors: dict[str, Exception]
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """One configured provider account."""
+
+    name: str
+    capabilities: Capabilities
+
+    # -- mapping (pure) ---------------------------------------------------
+    def project(self, contact: Contact) -> dict[str, Any]:
+        """The canonical contact in this provider's field space (no groups, no opt-out)."""
+
+    def to_canonical(self, fields: Fields, current: Contact | None) -> dict[str, Any]:
+        """Canonical attribute values (name, surname, email, extra) for remote ``fields``.
+
+        ``current`` is the canonical contact being updated, if any, so fields the
+        provider cannot hold (and splits it cannot express) are kept from it.
+        """
+
+    # -- reads ------------------------------------------------------------
+    def groups(self) -> AsyncIterator[list[RemoteGroup]]:
+        """Every group, one list per page fetched."""
+
+    def contacts(self) -> AsyncIterator[list[RemoteContact]]:
+        """Every contact, one list per page fetched (``Unsupported`` when not listable)."""
+
+    async def find_contact(self, phone: str) -> RemoteContact | None:
+        """The contact with this E.164 number, if the provider can look it up."""
+
+    # -- writes -----------------------------------------------------------
+    async def create_group(self, name: str, description: str) -> str:
+        """Create a group; answer its remote id."""
+
+    async def update_group(self, remote_id: str, name: str, description: str) -> None: ...
+
+    async def delete_group(self, remote_id: str) -> None: ...
+
+    async def create_contacts(self, writes: Sequence[ContactWrite]) -> list[WriteOutcome]:
+        """Create contacts (with their groups); one outcome per write, in order."""
+
+    async def update_contacts(self, writes: Sequence[ContactWrite]) -> list[WriteOutcome]:
+        """Replace contacts' fields and groups; one outcome per write, in order."""
+
+    async def delete_contacts(self, writes: Sequence[ContactWrite]) -> list[WriteOutcome]:
+        """Delete contacts; one outcome per write, in order."""
+
+    async def change_members(
+        self, group_remote_id: str, add: Sequence[str], remove: Sequence[str]
+    ) -> MembershipOutcome:
+        """Add and remove contacts (remote ids) to and from one group."""
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,252 @@
+"""The HTTP layer every provider client shares.
+
+One :class:`HttpSession` per provider account wraps an ``httpx.AsyncClient``
+(connection pooling, keep-alive, explicit timeouts, TLS verification on) and
+adds what the providers need around it:
+
+* a token bucket holding ``requests_per_second`` and a semaphore holding
+  ``max_concurrency`` requests in flight;
+* retries with exponential backoff and full jitter for timeouts, connection
+  errors, 5xx and 429 (waiting what ``Retry-After`` or the client's
+  ``retry_after`` hook says), within a bounded total budget;
+* no automatic retry of a non-idempotent request whose outcome is unknown:
+  that becomes :class:`~syncd.errors.UnknownOutcome` for the engine to resolve;
+* the one place httpx exceptions and HTTP statuses become
+  :mod:`syncd.errors`. Messages carry the path without its query string, so a
+  key sent as a query parameter never reaches a log or an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import structlog
+
+from syncd.errors import (
+    AuthError,
+    NotFound,
+    ProtocolError,
+    ProviderError,
+    QuotaExhausted,
+    RateLimited,
+    Rejected,
+    TransientError,
+    UnknownOutcome,
+    excerpt,
+)
+
+__all__ = ["HttpSession", "RetryPolicy", "TokenBucket", "default_error", "parse_json"]
+
+log = structlog.get_logger("syncd.http")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How hard one request is tried.
+
+    ``attempts`` counts the first try. Waits grow as ``base_delay * 2**n`` up to
+    ``max_delay`` with full jitter; a provider's own wait (Retry-After) is
+    honoured up to ``max_delay`` too. No retry starts once ``budget`` seconds
+    have passed since the first try, so a run is never held hostage by one record.
+    """
+
+    attempts: int = 5
+    base_delay: float = 0.2
+    max_delay: float = 30.0
+    budget: float = 120.0
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        return rng.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved up; ``acquire`` waits for one."""
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self.rate = rate
+        self.capacity = burst if burst is not None else max(1.0, rate)
+        self._tokens = self.capacity
+        self._stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        if self.rate <= 0:
+            return
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
+                self._stamp = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                await asyncio.sleep((1 - self._tokens) / self.rate)
+
+
+def _retry_after_header(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def default_error(response: httpx.Response, *, provider: str, operation: str, record: str) -> ProviderError | None:
+    """Map a non-2xx response to the error tree; None for success."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return None
+    kw: dict[str, Any] = dict(provider=provider, operation=operation, record=record, status=status)
+    reason = excerpt(response.text) or response.reason_phrase or "no reason given"
+    if status in (401, 403):
+        return AuthError(reason or "credentials refused", **kw)
+    if status == 404:
+        return NotFound(reason, **kw)
+    if status == 420:
+        return QuotaExhausted(reason, **kw)
+    if status == 429:
+        return RateLimited(reason, retry_after=_retry_after_header(response), **kw)
+    if status in (400, 409, 422):
+        return Rejected(reason, **kw)
+    if status >= 500:
+        return TransientError(reason, **kw)
+    return ProtocolError(f"unexpected status: {reason}", **kw)
+
+
+ErrorMapper = Callable[..., ProviderError | None]
+
+
+@dataclass
+class RequestStats:
+    """Counters read by the metrics endpoint and the benchmarks."""
+
+    requests: int = 0
+    retries: int = 0
+    by_endpoint: dict[str, int] = field(default_factory=dict)
+
+
+class HttpSession:
+    """One provider account's HTTP connection pool, limits and retry policy."""
+
+    def __init__(
+        self,
+        *,
+        provider: str,
+        base_url: str,
+        timeout: float = 30.0,
+        requests_per_second: float = 5.0,
+        max_concurrency: int = 4,
+        verify: bool = True,
+        retry: RetryPolicy | None = None,
+        error_mapper: ErrorMapper = default_error,
+        transport: httpx.AsyncBaseTransport | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.provider = provider
+        self.retry = retry or RetryPolicy()
+        self.stats = RequestStats()
+        self._map_error = error_mapper
+        self._bucket = TokenBucket(requests_per_second)
+        self._slots = asyncio.Semaphore(max(1, max_concurrency))
+        self._rng = random.Random(seed)
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            limits=httpx.Limits(max_connections=max(1, max_concurrency), max_keepalive_connections=max(1, max_concurrency)),
+            verify=verify,
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        operation: str,
+        record: str = "",
+        idempotent: bool = True,
+        params: Mapping[str, Any] | None = None,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+    ) -> httpx.Response:
+        """Send one request with limits and retries; answer a 2xx response or raise."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                response = await self._send_once(method, path, params, json_body, headers, auth)
+                error = self._map_error(response, provider=self.provider, operation=operation, record=record)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                # Nothing reached the server: always safe to try again.
+                error = TransientError(f"cannot connect: {type(exc).__name__}", provider=self.provider, operation=operation, record=record)
+                error.__cause__ = exc
+            except httpx.TransportError as exc:
+                error = self._lost_response(exc, idempotent, operation, record)
+            if error is None:
+                return response
+            if not self._should_retry(error, attempt, started):
+                raise error
+            wait = self._wait_for(error, attempt)
+            self.stats.retries += 1
+            log.info("http.retry", provider=self.provider, operation=operation, path=path, attempt=attempt + 1,
+                     wait=round(wait, 3), error=type(error).__name__, status=error.status)
+            await asyncio.sleep(wait)
+            attempt += 1
+
+    async def _send_once(self, method, path, params, json_body, headers, auth) -> httpx.Response:
+        await self._bucket.acquire()
+        async with self._slots:
+            self.stats.requests += 1
+            key = f"{method} {path.split('?', 1)[0]}"
+            self.stats.by_endpoint[key] = self.stats.by_endpoint.get(key, 0) + 1
+            return await self._client.request(
+                method, path, params=params, json=json_body, headers=headers, auth=auth
+            )
+
+    def _lost_response(self, exc: httpx.TransportError, idempotent: bool, operation: str, record: str) -> ProviderError:
+        kw = dict(provider=self.provider, operation=operation, record=record)
+        what = "timed out" if isinstance(exc, httpx.TimeoutException) else f"connection lost ({type(exc).__name__})"
+        error: ProviderError
+        if idempotent:
+            error = TransientError(what, **kw)
+        else:
+            error = UnknownOutcome(f"{what} after the request was sent; it may or may not have been applied", **kw)
+        error.__cause__ = exc
+        return error
+
+    def _should_retry(self, error: ProviderError, attempt: int, started: float) -> bool:
+        if not isinstance(error, TransientError):
+            return False
+        if attempt + 1 >= self.retry.attempts:
+            return False
+        return time.monotonic() - started < self.retry.budget
+
+    def _wait_for(self, error: ProviderError, attempt: int) -> float:
+        if isinstance(error, RateLimited) and error.retry_after is not None:
+            return min(error.retry_after, self.retry.max_delay)
+        return self.retry.backoff(attempt, self._rng)
+
+
+def parse_json(response: httpx.Response, *, provider: str, operation: str, record: str = "") -> Any:
+    """The response body as JSON, or a ProtocolError naming the endpoint."""
+    try:
+        return json.loads(response.content)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(
+            f"malformed JSON from {response.request.method} {response.request.url.path}: {exc}; body starts {excerpt(response.text, 80)!r}",
+            provider=provider, operation=operation, record=record, status=response.status_code,
+        ) from exc
