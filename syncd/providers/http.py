@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -45,6 +46,29 @@ from syncd.errors import (
 __all__ = ["HttpSession", "RetryPolicy", "TokenBucket", "default_error", "parse_json"]
 
 log = structlog.get_logger("syncd.http")
+
+
+class _QueryRedactingFilter(logging.Filter):
+    """Strip the query from the URL httpx logs at INFO for every request.
+
+    Query strings carry credentials (SendHub's ``api_key``, smsend's login
+    ``password``); httpx's own "HTTP Request: ..." line would otherwise put them
+    in any log that captures INFO from the ``httpx`` logger.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, httpx.URL) for a in record.args):
+            record.args = tuple(a.copy_with(query=None) if isinstance(a, httpx.URL) else a for a in record.args)
+        return True
+
+
+def _install_httpx_log_filter() -> None:
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(f, _QueryRedactingFilter) for f in logger.filters):
+        logger.addFilter(_QueryRedactingFilter())
+
+
+_install_httpx_log_filter()
 
 
 @dataclass(frozen=True, slots=True)
