@@ -1,0 +1,134 @@
+"""Plans: what a run will do, as plain values (no I/O).
+
+An :class:`Operation` is one change to one record on one side, with the reason
+it was planned. A provider's plan is a tuple of operations; :func:`push_order`
+sorts outbound ones into the order the design prescribes and :func:`guard`
+applies the deletion guard. Both are functions of the plan alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "Action",
+    "Direction",
+    "Entity",
+    "Operation",
+    "guard",
+    "push_order",
+]
+
+
+class Action(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    LINK = "link"  # link two records (or advance the base of a linked pair)
+    CONFLICT = "conflict"
+    DUPLICATE = "duplicate"
+    GUARDED = "guarded"
+    UNLINK = "unlink"  # forget a link whose records are gone on both sides; not logged
+
+
+class Entity(StrEnum):
+    CONTACT = "contact"
+    GROUP = "group"
+    MEMBERSHIP = "membership"
+
+
+class Direction(StrEnum):
+    INBOUND = "inbound"  # provider -> canonical
+    OUTBOUND = "outbound"  # canonical -> provider
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One planned change.
+
+    ``before``/``after`` are projected fields (the provider's field space):
+    for an outbound update the remote's current and desired values, for an
+    inbound one the canonical projection's current and new values. A conflict
+    keeps both versions (``local``/``remote``) so the losing side is never lost.
+    ``held`` marks an operation that must not be carried out (a ``manual``
+    conflict, a guarded delete); ``skip_reason`` one that cannot be.
+    """
+
+    action: Action
+    entity: Entity
+    direction: Direction
+    reason: str
+    canonical_id: int | None = None
+    remote_id: str | None = None
+    key: str = ""
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    local: dict[str, Any] | None = None
+    remote: dict[str, Any] | None = None
+    held: bool = False
+    skip_reason: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_change(self) -> bool:
+        """True for operations that change a side (what `plan` counts as pending work)."""
+        if self.held or self.skip_reason or self.action is Action.UNLINK:
+            return False
+        return self.action in (Action.CREATE, Action.UPDATE, Action.DELETE, Action.LINK)
+
+
+_PUSH_RANK = {
+    (Entity.GROUP, Action.CREATE): 0,
+    (Entity.GROUP, Action.UPDATE): 1,
+    (Entity.CONTACT, Action.CREATE): 2,
+    (Entity.CONTACT, Action.UPDATE): 3,
+    (Entity.MEMBERSHIP, Action.CREATE): 4,
+    (Entity.MEMBERSHIP, Action.DELETE): 5,
+    (Entity.CONTACT, Action.DELETE): 6,
+    (Entity.GROUP, Action.DELETE): 7,
+}
+
+
+def push_order(ops: Iterable[Operation]) -> list[Operation]:
+    """Outbound operations in the design's order: group creates, contact creates
+    and updates, membership adds, membership removes, contact deletes, group deletes."""
+    outbound = [op for op in ops if op.direction is Direction.OUTBOUND]
+    return sorted(outbound, key=lambda op: _PUSH_RANK.get((op.entity, op.action), 8))
+
+
+def guard(
+    ops: Sequence[Operation],
+    *,
+    entity: Entity,
+    linked: int,
+    canonical: int,
+    max_fraction: float,
+    allow: bool,
+    provider: str,
+) -> list[Operation]:
+    """Hold every delete of ``entity`` when there are too many of them.
+
+    Outbound deletes are measured against the provider's ``linked`` records and
+    inbound deletes against the ``canonical`` book; when either side would lose
+    more than ``max_fraction``, all that side's deletes are held and one
+    ``guarded`` operation says why. ``allow`` (``--allow-mass-delete``) lets them through.
+    """
+    if allow:
+        return list(ops)
+    result = list(ops)
+    for direction, total in ((Direction.OUTBOUND, linked), (Direction.INBOUND, canonical)):
+        deletes = [op for op in result if op.entity is entity and op.action is Action.DELETE
+                   and op.direction is direction and not op.held and not op.skip_reason]
+        if not deletes or len(deletes) <= max_fraction * total:
+            continue
+        where = provider if direction is Direction.OUTBOUND else "the canonical book"
+        reason = (f"{len(deletes)} of {total} {entity.value}s would be deleted at {where} "
+                  f"(more than {max_fraction:.0%}); nothing deleted — run `syncd sync --allow-mass-delete` to let it through")
+        held = {id(op) for op in deletes}
+        result = [replace(op, held=True, skip_reason="guarded") if id(op) in held else op for op in result]
+        result.append(Operation(Action.GUARDED, entity, direction, reason,
+                                extra={"deletes": len(deletes), "total": total}))
+    return result
