@@ -1,0 +1,244 @@
+"""The ``syncd`` command line (design §4). Exit codes: 0 ok, 1 a provider or the run failed, 2 bad usage or config.
+
+Commands stay thin: they load what they need lazily and hand over to the
+engine, the daemon or the views. Every failure a user can cause ends here as
+one readable message and an exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from syncd.config import Config
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class AppContext:
+    """Lazily loaded configuration and database for one invocation."""
+
+    config_path: str | None
+    _config: Config | None = field(default=None, repr=False)
+    _engine: Engine | None = field(default=None, repr=False)
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            from syncd.config import load_config, resolve_config_path
+            from syncd.logs import configure_logging
+
+            self._config = load_config(resolve_config_path(self.config_path))
+            configure_logging(self._config.logging.level, self._config.logging.format, self._config.secrets())
+            for warning in self._config.warnings:
+                click.echo(f"warning: {warning}", err=True)
+        return self._config
+
+    def engine(self, *, check: bool = True) -> Engine:
+        """The configured database; refuses (SchemaError) when the schema is behind."""
+        if self._engine is None:
+            from syncd.db.engine import make_engine
+            from syncd.db.migrate import check_schema
+
+            self._engine = make_engine(self.config.database.url)
+            if check:
+                check_schema(self._engine, allow_create_sqlite=True)
+        return self._engine
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+def catch_errors(func: F) -> F:
+    """Turn syncd's errors into a message and an exit code (vdirsyncer's ``catch_errors``)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from syncd.errors import ConfigError, SchemaError, SyncdError
+
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as err:
+            from syncd.config import format_config_error
+
+            click.echo(format_config_error(err), err=True)
+            sys.exit(2)
+        except SchemaError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(2)
+        except SyncdError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", metavar="PATH", envvar=None,
+              help="Configuration file (default: $SYNCD_CONFIG, ./config.toml, /etc/syncd/config.toml).")
+@click.version_option(package_name="syncd")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """syncd keeps a canonical contact book in step with SMS providers (smsend, SendHub)."""
+    ctx.obj = AppContext(config_path)
+
+
+@cli.group()
+def db() -> None:
+    """Database schema management."""
+
+
+@db.command("upgrade")
+@pass_app
+@catch_errors
+def db_upgrade(app: AppContext) -> None:
+    """Apply all migrations to the configured database (idempotent)."""
+    from syncd.db.migrate import upgrade
+
+    applied = upgrade(app.engine(check=False))
+    click.echo("database schema upgraded to the latest version" if applied else "database schema already up to date")
+
+
+@cli.command()
+@click.option("--provider", "providers", multiple=True, metavar="NAME", help="Only this provider (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Pull and plan, change nothing (same as `syncd plan`).")
+@click.option("--allow-mass-delete", is_flag=True, help="Let deletions beyond sync.max_delete_fraction through, once.")
+@pass_app
+@catch_errors
+def sync(app: AppContext, providers: tuple[str, ...], dry_run: bool, allow_mass_delete: bool) -> None:
+    """One full run now, printing a summary per provider."""
+    from syncd.cli.commands import run_sync
+
+    sys.exit(run_sync(app, providers, dry_run=dry_run, allow_mass_delete=allow_mass_delete))
+
+
+@cli.command()
+@click.option("--provider", "providers", multiple=True, metavar="NAME", help="Only this provider (repeatable).")
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 when nothing to do, 3 when changes are pending, 1 on error.")
+@pass_app
+@catch_errors
+def plan(app: AppContext, providers: tuple[str, ...], detailed_exitcode: bool) -> None:
+    """Pull and print the plan (what would change, where and why) without changing anything."""
+    from syncd.cli.commands import run_plan
+
+    sys.exit(run_plan(app, providers, detailed_exitcode=detailed_exitcode))
+
+
+@cli.command()
+@pass_app
+@catch_errors
+def run(app: AppContext) -> None:
+    """The daemon: a run every schedule.interval_seconds until SIGTERM/SIGINT."""
+    from syncd.daemon import serve_cli
+
+    sys.exit(serve_cli(app))
+
+
+@cli.command()
+@pass_app
+@catch_errors
+def status(app: AppContext) -> None:
+    """Per provider: last run, its result and counts, failed/rejected records, next run."""
+    from syncd.cli.views import show_status
+
+    show_status(app.engine(), app.config)
+
+
+@cli.command()
+@click.option("--provider", metavar="NAME", help="Only this provider.")
+@click.option("--run", "run_id", type=int, metavar="ID", help="Only this run.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most N rows.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
+@pass_app
+@catch_errors
+def log(app: AppContext, provider: str | None, run_id: int | None, limit: int, as_json: bool) -> None:
+    """The change log, newest first."""
+    from syncd.cli.views import show_log
+
+    show_log(app.engine(), provider=provider, run_id=run_id, limit=limit, as_json=as_json)
+
+
+@cli.command()
+@click.argument("change_id", type=int)
+@click.option("--keep", type=click.Choice(["local", "remote"]), required=True, help="Which side's version wins.")
+@pass_app
+@catch_errors
+def resolve(app: AppContext, change_id: int, keep: str) -> None:
+    """Settle a conflict held by the `manual` policy; the next run carries it out."""
+    from syncd.cli.commands import resolve_conflict
+
+    sys.exit(resolve_conflict(app, change_id, keep))
+
+
+@cli.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--skip-invalid", is_flag=True, help="Import the valid rows of a file with errors.")
+@pass_app
+@catch_errors
+def import_(app: AppContext, file: str, skip_invalid: bool) -> None:
+    """Load FILE.csv into the canonical book (phone,name,surname,email,groups,…)."""
+    from syncd.cli.csvio import import_csv
+
+    sys.exit(import_csv(app, file, skip_invalid=skip_invalid))
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@pass_app
+@catch_errors
+def export(app: AppContext, file: str) -> None:
+    """Dump the canonical book to FILE.csv."""
+    from syncd.cli.csvio import export_csv
+
+    sys.exit(export_csv(app, file))
+
+
+@cli.command()
+@click.argument("kind", type=click.Choice(["smsend", "sendhub"]))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=0, help="0 picks a free port.")
+@click.option("--contacts", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--groups", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--latency", type=float, default=0.0, help="Seconds added to every response.")
+@click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction of requests answered 500/503.")
+@click.option("--throttle-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction of requests answered 429.")
+@click.option("--drop-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction of writes applied, then the connection dropped.")
+@click.option("--malformed-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction of responses with truncated JSON.")
+@click.option("--quota-exhausted", is_flag=True, help="SendHub: answer every request 420.")
+@click.option("--reject-credentials", is_flag=True, help="Refuse every credential.")
+def simulate(kind: str, host: str, port: int, contacts: int, groups: int, seed: int, latency: float,
+             error_rate: float, throttle_rate: float, drop_rate: float, malformed_rate: float,
+             quota_exhausted: bool, reject_credentials: bool) -> None:
+    """Serve a provider simulator on HOST:PORT (prints its base URL and credentials)."""
+    from syncd.simulators.faults import Faults
+    from syncd.simulators.server import serve_forever
+
+    faults = Faults(latency=latency, error_rate=error_rate, throttle_rate=throttle_rate, drop_rate=drop_rate,
+                    malformed_rate=malformed_rate, quota_exhausted=quota_exhausted,
+                    reject_credentials=reject_credentials, seed=seed)
+    serve_forever(kind, host=host, port=port, contacts=contacts, groups=groups, seed=seed, faults=faults)
+
+
+@cli.command()
+@click.option("--db", "db_path", default="syncd-demo.db", show_default=True, help="SQLite file (recreated).")
+def demo(db_path: str) -> None:
+    """The whole thing on the embedded default: simulators, a fresh SQLite file, several runs."""
+    from syncd.cli.demo import run_demo
+
+    sys.exit(run_demo(db_path))
+
+
+def main() -> None:
+    cli(prog_name="syncd")
