@@ -1,0 +1,636 @@
+"""The SendHub v1 client (design §2; ``providers.md`` part 2).
+
+Everything goes through ``{base_url}/contacts/`` and ``{base_url}/groups/``
+with ``username`` and ``api_key`` as query parameters on every call. The key
+never reaches a log or an error: :class:`~syncd.providers.http.HttpSession`
+logs paths without their query, and every error raised here is scrubbed of it.
+
+Mapping (canonical ↔ SendHub)::
+
+    canonical              SendHub                 notes
+    phone (E.164)          number                  SendHub keeps +1 and 10 digits only; others are
+                                                   sent anyway and come back Rejected (field number)
+    name + surname         name                    one field: "name surname"; split back by
+                                                   :func:`split_name`, keeping the current split
+    email                  email                   a custom field
+    extra[k]               k                       custom fields, values as text; reserved
+                                                   SendHub keys (:data:`RESERVED`) never travel
+    groups                 groups                  ids sent; resource URIs read back
+    opted_out              blocked                 read only (the person texted STOP)
+
+Empty values are omitted on both sides (absent == empty), so a field emptied
+on one side and missing on the other is never a change.
+
+Behaviour worth knowing:
+
+* listings page with ``limit=1000`` and ``offset``; ``meta.next`` is only
+  tested against null, never followed. Ids are de-duplicated across pages and,
+  when SendHub reports ``total_count``, a listing that changed while paging is a
+  :class:`~syncd.errors.ProtocolError` (an incomplete pull must not pass).
+* a contact create is not idempotent: a lost response is
+  :class:`~syncd.errors.UnknownOutcome`, which the engine resolves with
+  :meth:`SendHubProvider.find_contact`. A create for a number SendHub already
+  holds links the existing contact instead.
+* a group create *is* re-sent after a lost response: group names are unique
+  at SendHub, so the re-send answers "Duplicate group name." and the existing
+  group is looked up by name.
+* ``PUT`` replaces the whole contact: every projected field and every group
+  the contact keeps are sent.
+* after a 420 (monthly quota spent) this client sends no further write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import httpx
+
+from syncd.config import ProviderSettings
+from syncd.errors import (
+    AuthError,
+    ConfigError,
+    NotFound,
+    ProtocolError,
+    ProviderError,
+    QuotaExhausted,
+    RateLimited,
+    Rejected,
+    TransientError,
+    excerpt,
+)
+from syncd.model import Contact, ContactWrite, Fields, RemoteContact, RemoteGroup, WriteOutcome, group_key
+from syncd.phones import InvalidPhone, to_e164
+from syncd.providers.base import Capabilities, MembershipOutcome
+from syncd.providers.http import HttpSession, RequestStats, RetryPolicy, parse_json
+
+__all__ = ["PAGE_LIMIT", "RESERVED", "SendHubProvider", "full_name", "sendhub_error", "split_name"]
+
+#: The largest ``limit`` SendHub's list endpoints accept.
+PAGE_LIMIT = 1000
+
+#: Keys SendHub owns: never sent as custom fields, never read as ``extra``.
+RESERVED = frozenset({
+    "id", "name", "number", "groups", "blocked", "resource_uri", "date_created", "date_modified",
+    "deleted", "id_str", "is_owned", "keyword", "screened", "local_gateway", "landline",
+    "landline_override", "contact_id",
+})
+# ``email`` is a custom field of its own, so an ``extra["email"]`` cannot travel either.
+_NOT_EXTRA = RESERVED | {"email"}
+
+_DUPLICATE_NUMBER = "already in your contacts"
+_DUPLICATE_GROUP = "duplicate group name"
+_ALREADY_IN = re.compile(r"^\s*(\S+) is the id of a contact who is already in this group")
+_NOT_IN = re.compile(r"^\s*(\S+) is not an id of a contact in the group")
+_GROUP_URI = re.compile(r"/groups/([^/?#]+)/?$")
+_TIME_LEFT = re.compile(r"^\s*(\d+):([0-5]\d):([0-5]\d)\s*$")
+# Keys of SendHub's generic error bodies; any other key of a 400 body names a field.
+_ERROR_KEYS = frozenset({"message", "error", "status", "code", "devMessage", "moreInfo", "timeLeft"})
+
+T = TypeVar("T")
+
+
+# -- mapping helpers (pure) ------------------------------------------------------
+
+
+def full_name(name: str, surname: str) -> str:
+    """SendHub's single ``name``: the non-empty parts joined by one space."""
+    return " ".join(part for part in (name, surname) if part)
+
+
+def split_name(new: str, current: Contact | None) -> tuple[str, str]:
+    """``(name, surname)`` for SendHub's single ``new`` name.
+
+    Keeps as much of the ``current`` split as still fits: an unchanged full
+    name keeps both parts; a kept surname or a kept first name keeps that part
+    and gives the rest to the other. Otherwise the last word is the surname.
+    """
+    if current is not None:
+        if full_name(current.name, current.surname) == new:
+            return current.name, current.surname
+        if current.surname and new.endswith(" " + current.surname):
+            return new[: -len(current.surname) - 1], current.surname
+        if current.name and new.startswith(current.name + " "):
+            return current.name, new[len(current.name) + 1 :]
+    before, space, after = new.rpartition(" ")
+    return (before, after) if space else (new, "")
+
+
+def _text(value: Any) -> str:
+    """A field value as SendHub custom fields hold it: text; None is empty."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _wire_id(remote_id: str) -> int | str:
+    """A remote id as SEED-002 sends it (``"groups": [11, 12]``): an integer when it is one."""
+    return int(remote_id) if remote_id.isdigit() else remote_id
+
+
+def _timestamp(value: Any) -> datetime | None:
+    """SendHub's ``date_modified`` (UTC, no zone marker) as an aware datetime; None if unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        stamp = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), max(1, size)):
+        yield items[start : start + max(1, size)]
+
+
+# -- errors ----------------------------------------------------------------------
+
+
+def _body(response: httpx.Response) -> Any:
+    try:
+        return json.loads(response.content)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _reason(body: Any, response: httpx.Response) -> tuple[str, str]:
+    """``(field, reason)`` from an error body: SendHub's ``message``/``error``, or a Django field map."""
+    if isinstance(body, dict):
+        for key in ("message", "error"):
+            if isinstance(body.get(key), str) and body[key]:
+                return "", body[key]
+        for key, value in body.items():
+            if key in _ERROR_KEYS:
+                continue
+            messages = value if isinstance(value, list) else [value]
+            return key, " ".join(_text(m) for m in messages)
+    return "", excerpt(response.text) or response.reason_phrase or "no reason given"
+
+
+def _time_left(body: Any) -> float | None:
+    """SendHub's 429 ``timeLeft`` ("H:MM:SS") in seconds."""
+    value = body.get("timeLeft") if isinstance(body, dict) else None
+    match = _TIME_LEFT.match(value) if isinstance(value, str) else None
+    if not match:
+        return None
+    hours, minutes, seconds = (int(g) for g in match.groups())
+    return float(hours * 3600 + minutes * 60 + seconds)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return max(0.0, float(response.headers["retry-after"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def sendhub_error(response: httpx.Response, *, provider: str, operation: str, record: str) -> ProviderError | None:
+    """Map a SendHub response to the error tree; None for a 2xx."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return None
+    body = _body(response)
+    field, reason = _reason(body, response)
+    kw: dict[str, Any] = dict(provider=provider, operation=operation, record=record, status=status)
+    if status == 429:
+        wait = _time_left(body)
+        return RateLimited(reason, retry_after=wait if wait is not None else _retry_after(response), **kw)
+    if status == 420:
+        return QuotaExhausted(reason, **kw)
+    if status in (400, 409, 422):
+        return Rejected(reason, field=field, **kw)
+    if status in (401, 403):
+        return AuthError(reason if body is not None else "credentials refused", **kw)
+    if status == 404:
+        return NotFound(reason, **kw)
+    if status >= 500:
+        return TransientError(reason, **kw)
+    return ProtocolError(f"unexpected HTTP status: {reason}", **kw)
+
+
+# -- the client ------------------------------------------------------------------
+
+
+class SendHubProvider:
+    """One SendHub account (see the module docstring for the mapping and behaviour)."""
+
+    def __init__(
+        self,
+        settings: ProviderSettings,
+        *,
+        default_region: str = "IT",
+        transport: httpx.AsyncBaseTransport | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        if not settings.username or settings.api_key is None:
+            raise ConfigError([f"provider {settings.name!r}: sendhub needs username and api_key"])
+        self.name = settings.name
+        self.capabilities = Capabilities(
+            list_contacts=True,
+            contact_id_is_phone=False,
+            update_contacts=True,
+            delete_contacts=True,
+            member_changes=True,
+            opt_out_outbound=False,
+            # Plus any custom field not in RESERVED: SendHub stores every extra key.
+            contact_fields=frozenset({"number", "name", "email"}),
+        )
+        self.default_region = default_region
+        self._secret = settings.api_key.get()
+        self._auth = {"username": settings.username, "api_key": self._secret}
+        self._batch_size = max(1, settings.batch_size)
+        self._write_slots = asyncio.Semaphore(max(1, settings.max_concurrency))
+        self._quota: QuotaExhausted | None = None
+        self._session = HttpSession(
+            provider=settings.name,
+            base_url=settings.base_url,
+            timeout=settings.timeout_seconds,
+            requests_per_second=settings.requests_per_second,
+            max_concurrency=settings.max_concurrency,
+            verify=settings.tls_verify,
+            retry=retry,
+            error_mapper=sendhub_error,
+            transport=transport,
+        )
+
+    @property
+    def stats(self) -> RequestStats:
+        """Request counters of the HTTP session (benchmarks, metrics)."""
+        return self._session.stats
+
+    async def aclose(self) -> None:
+        await self._session.aclose()
+
+    # -- mapping (pure) ------------------------------------------------------------
+
+    def project(self, contact: Contact) -> dict[str, Any]:
+        """The contact in SendHub's field space; empty values left out, no groups, no opt-out."""
+        out: dict[str, Any] = {"number": contact.phone}
+        name = full_name(contact.name, contact.surname)
+        if name:
+            out["name"] = name
+        if contact.email:
+            out["email"] = contact.email
+        for key, value in contact.extra.items():
+            text = _text(value)
+            if key not in _NOT_EXTRA and text:
+                out[key] = text
+        return out
+
+    def to_canonical(self, fields: Fields, current: Contact | None) -> dict[str, Any]:
+        """Canonical name, surname, email and extra for SendHub ``fields``.
+
+        Extra keys SendHub cannot hold (reserved names, and empty values) are
+        kept from ``current``, and so is a current value whose text SendHub
+        shows unchanged (``True`` stays ``True``, not ``"true"``).
+        """
+        name, surname = split_name(_text(fields.get("name")), current)
+        extra = {key: value for key, value in fields.items() if key not in _NOT_EXTRA}
+        if current is not None:
+            for key, value in current.extra.items():
+                if key in _NOT_EXTRA or not _text(value) or extra.get(key) == _text(value):
+                    extra[key] = value
+        return {"name": name, "surname": surname, "email": _text(fields.get("email")), "extra": extra}
+
+    def parse_contact(self, obj: Any, *, endpoint: str, operation: str = "list contacts") -> RemoteContact:
+        """A SendHub contact object as a :class:`RemoteContact`; ProtocolError if it is not one."""
+        if not isinstance(obj, dict):
+            raise self._protocol(f"{endpoint}: a contact is not a JSON object", operation)
+        remote_id = self._id_of(obj, "contact", endpoint, operation)
+        number = obj.get("number")
+        if isinstance(number, bool) or not isinstance(number, str | int):
+            raise self._protocol(f"{endpoint}: contact {remote_id} has no number", operation)
+        phone = self._phone(number)
+        fields: dict[str, Any] = {"number": phone}
+        for key, value in obj.items():
+            text = _text(value)
+            if (key == "name" or key not in RESERVED) and text:
+                fields[key] = text
+        return RemoteContact(
+            remote_id=remote_id,
+            phone=phone,
+            fields=fields,
+            groups=self._group_ids(obj.get("groups"), remote_id, endpoint, operation),
+            opted_out=obj.get("blocked") is True,
+            modified_at=_timestamp(obj.get("date_modified")),
+        )
+
+    def parse_group(self, obj: Any, *, endpoint: str, operation: str = "list groups") -> RemoteGroup:
+        """A SendHub group object as a :class:`RemoteGroup` (SendHub groups have no description)."""
+        if not isinstance(obj, dict):
+            raise self._protocol(f"{endpoint}: a group is not a JSON object", operation)
+        remote_id = self._id_of(obj, "group", endpoint, operation)
+        name = obj.get("name")
+        if not isinstance(name, str):
+            raise self._protocol(f"{endpoint}: group {remote_id} has no name", operation)
+        return RemoteGroup(remote_id=remote_id, name=name, modified_at=_timestamp(obj.get("date_modified")))
+
+    def _phone(self, number: str | int) -> str:
+        try:
+            return to_e164(number, self.default_region)
+        except InvalidPhone:
+            return str(number)  # kept raw: the engine reports it, matching simply fails
+
+    def _id_of(self, obj: dict[str, Any], kind: str, endpoint: str, operation: str) -> str:
+        value = obj.get("id")
+        if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+            raise self._protocol(f"{endpoint}: a {kind} has no id (got {excerpt(repr(value), 40)})", operation)
+        return str(value)
+
+    def _group_ids(self, value: Any, contact_id: str, endpoint: str, operation: str) -> frozenset[str]:
+        if value is None:
+            return frozenset()
+        if not isinstance(value, list):
+            raise self._protocol(f"{endpoint}: groups of contact {contact_id} is not a list", operation)
+        ids = set()
+        for item in value:
+            match = _GROUP_URI.search(item) if isinstance(item, str) else None
+            if isinstance(item, int) and not isinstance(item, bool):
+                ids.add(str(item))
+            elif isinstance(item, str) and item.isdigit():
+                ids.add(item)
+            elif match:
+                ids.add(match.group(1))
+            else:
+                raise self._protocol(f"{endpoint}: contact {contact_id} lists group {excerpt(repr(item), 60)}", operation)
+        return frozenset(ids)
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _protocol(self, reason: str, operation: str, record: str = "") -> ProtocolError:
+        return ProtocolError(reason, provider=self.name, operation=operation, record=record)
+
+    def _scrub(self, error: ProviderError) -> ProviderError:
+        """Blank the api_key out of an error, should a body or URL have echoed it."""
+        if self._secret and self._secret in error.reason:
+            error.reason = error.reason.replace(self._secret, "***")
+            error.args = (error._render(),)
+        return error
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        operation: str,
+        record: str = "",
+        write: bool = False,
+        idempotent: bool = True,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+    ) -> httpx.Response:
+        """One request with the account's credentials; refuses writes once the quota is spent."""
+        if write and self._quota is not None:
+            raise QuotaExhausted(
+                f"monthly API quota spent (HTTP 420 earlier in this run: {self._quota.reason}); request not sent",
+                provider=self.name, operation=operation, record=record,
+            )
+        try:
+            return await self._session.request(
+                method, path, operation=operation, record=record, idempotent=idempotent,
+                params={**self._auth, **(params or {})}, json_body=body,
+            )
+        except QuotaExhausted as error:
+            self._quota = self._scrub(error)
+            raise
+        except ProviderError as error:
+            self._scrub(error)
+            raise
+
+    def _json(self, response: httpx.Response, operation: str, record: str = "") -> Any:
+        try:
+            return parse_json(response, provider=self.name, operation=operation, record=record)
+        except ProtocolError as error:
+            self._scrub(error)
+            raise
+
+    def _listing(self, response: httpx.Response, operation: str) -> tuple[dict[str, Any], list[Any]]:
+        """``(meta, objects)`` of a list response, checked for shape."""
+        endpoint = f"GET {response.request.url.path}"
+        body = self._json(response, operation)
+        if not isinstance(body, dict):
+            raise self._protocol(f"{endpoint}: the listing is not a JSON object", operation)
+        meta, objects = body.get("meta"), body.get("objects")
+        if not isinstance(meta, dict):
+            raise self._protocol(f"{endpoint}: the listing has no meta object", operation)
+        if not isinstance(objects, list):
+            raise self._protocol(f"{endpoint}: the listing's objects is not a list", operation)
+        total = meta.get("total_count")
+        if total is not None and (isinstance(total, bool) or not isinstance(total, int)):
+            raise self._protocol(f"{endpoint}: meta.total_count is not a number", operation)
+        return meta, objects
+
+    async def _pages(
+        self, path: str, operation: str, parse: Callable[..., Any], params: dict[str, Any] | None = None
+    ) -> AsyncIterator[list[Any]]:
+        """Parsed items of a listing, one list per page, each id once; ProtocolError if it changed meanwhile."""
+        seen: set[str] = set()
+        totals: list[int] = []
+        offset = 0
+        while True:
+            response = await self._call("GET", path, operation=operation, params={**(params or {}), "limit": PAGE_LIMIT, "offset": offset})
+            meta, objects = self._listing(response, operation)
+            endpoint = f"GET {response.request.url.path}"
+            items = [parse(obj, endpoint=endpoint, operation=operation) for obj in objects]
+            fresh = [item for item in items if item.remote_id not in seen]
+            seen.update(item.remote_id for item in fresh)
+            if meta.get("total_count") is not None:
+                totals.append(meta["total_count"])
+                self._check_totals(totals, len(seen), endpoint, operation, final=False)
+            yield fresh
+            page_size = meta.get("limit") if isinstance(meta.get("limit"), int) and 0 < meta["limit"] <= PAGE_LIMIT else PAGE_LIMIT
+            if meta.get("next") is None or not objects or len(objects) < page_size:
+                break
+            offset += len(objects)
+        if totals:
+            self._check_totals(totals, len(seen), endpoint, operation, final=True)
+
+    def _check_totals(self, totals: list[int], seen: int, endpoint: str, operation: str, *, final: bool) -> None:
+        if totals[-1] != totals[0]:
+            problem = f"total_count went from {totals[0]} to {totals[-1]}"
+        elif final and seen != totals[0]:
+            problem = f"{seen} distinct records listed but total_count says {totals[0]}"
+        else:
+            return
+        raise self._protocol(f"{endpoint}: listing changed while paging ({problem}); the pull is incomplete", operation)
+
+    # -- reads ---------------------------------------------------------------------
+
+    def groups(self) -> AsyncIterator[list[RemoteGroup]]:
+        """Every group, one list per page of up to 1000."""
+        return self._pages("/groups/", "list groups", self.parse_group)
+
+    def contacts(self) -> AsyncIterator[list[RemoteContact]]:
+        """Every contact, one list per page of up to 1000."""
+        return self._pages("/contacts/", "list contacts", self.parse_contact)
+
+    async def find_contact(self, phone: str) -> RemoteContact | None:
+        """The contact with this number (SendHub's exact ``number=`` filter), lowest id first."""
+        number = self._phone(phone)
+        found: list[RemoteContact] = []
+        async for page in self._pages("/contacts/", "find contact", self.parse_contact, {"number": number}):
+            # Checked here too: a server ignoring the filter must not link a stranger.
+            found.extend(contact for contact in page if contact.phone == number)
+        return min(found, key=lambda c: (len(c.remote_id), c.remote_id), default=None)
+
+    async def _group_named(self, name: str) -> str | None:
+        exact, similar = None, None
+        async for page in self.groups():
+            for group in page:
+                if group.name == name and exact is None:
+                    exact = group.remote_id
+                elif group.key == group_key(name) and similar is None:
+                    similar = group.remote_id
+        return exact or similar
+
+    # -- group writes ----------------------------------------------------------------
+
+    async def create_group(self, name: str, description: str) -> str:
+        """Create a group (SendHub keeps no description); an existing one of that name is returned."""
+        try:
+            # Re-sending is safe: a second create of the same name answers "Duplicate group name."
+            response = await self._call("POST", "/groups/", operation="create group", record=name, write=True, body={"name": name})
+        except Rejected as error:
+            if _DUPLICATE_GROUP not in error.reason.lower():
+                raise
+            existing = await self._group_named(name)
+            if existing is None:
+                raise
+            return existing
+        return self.parse_group(self._json(response, "create group", name), endpoint="POST /groups/", operation="create group").remote_id
+
+    async def update_group(self, remote_id: str, name: str, description: str) -> None:
+        """Rename a group (PUT replaces it: id and name)."""
+        await self._call("PUT", f"/groups/{remote_id}/", operation="update group", record=remote_id, write=True,
+                         body={"id": _wire_id(remote_id), "name": name})
+
+    async def delete_group(self, remote_id: str) -> None:
+        """Delete a group; one already gone counts as deleted."""
+        try:
+            await self._call("DELETE", f"/groups/{remote_id}/", operation="delete group", record=remote_id, write=True)
+        except NotFound:
+            pass
+
+    # -- contact writes --------------------------------------------------------------
+
+    async def create_contacts(self, writes: Sequence[ContactWrite]) -> list[WriteOutcome]:
+        """POST each contact with its groups, concurrently; one outcome per write."""
+        return await self._each(writes, self._create_one)
+
+    async def update_contacts(self, writes: Sequence[ContactWrite]) -> list[WriteOutcome]:
+        """PUT each contact whole (every field and every group it keeps); one outcome per write."""
+        return await self._each(writes, self._update_one)
+
+    async def delete_contacts(self, writes: Sequence[ContactWrite]) -> list[WriteOutcome]:
+        """DELETE each contact; one already gone counts as deleted."""
+        return await self._each(writes, self._delete_one)
+
+    async def _each(self, writes: Sequence[ContactWrite], one: Callable[[ContactWrite], Any]) -> list[WriteOutcome]:
+        async def guarded(write: ContactWrite) -> WriteOutcome:
+            async with self._write_slots:  # the quota check then runs just before sending
+                try:
+                    return await one(write)
+                except ProviderError as error:
+                    return WriteOutcome(ref=write.ref, remote_id=write.remote_id, error=error)
+
+        return list(await asyncio.gather(*(guarded(write) for write in writes)))
+
+    def _contact_body(self, write: ContactWrite) -> dict[str, Any]:
+        body = dict(write.fields)
+        body.setdefault("number", write.phone)
+        body["groups"] = [_wire_id(g) for g in sorted(write.groups)]
+        return body
+
+    async def _create_one(self, write: ContactWrite) -> WriteOutcome:
+        try:
+            response = await self._call("POST", "/contacts/", operation="create contact", record=write.phone,
+                                        write=True, idempotent=False, body=self._contact_body(write))
+        except Rejected as error:
+            if _DUPLICATE_NUMBER not in error.reason.lower():
+                raise
+            existing = await self.find_contact(write.phone)
+            if existing is None:
+                raise
+            return WriteOutcome(ref=write.ref, remote_id=existing.remote_id, note="linked existing contact")
+        created = self._json(response, "create contact", write.phone)
+        if not isinstance(created, dict):
+            raise self._protocol("POST /contacts/: the created contact is not a JSON object", "create contact", write.phone)
+        return WriteOutcome(ref=write.ref, remote_id=self._id_of(created, "contact", "POST /contacts/", "create contact"))
+
+    async def _update_one(self, write: ContactWrite) -> WriteOutcome:
+        remote_id = self._require_id(write)
+        body = {"id": _wire_id(remote_id), **self._contact_body(write)}
+        # 202 (SEED-002) and 200 (SH-NEW) both mean done; PUT is idempotent, so a lost answer is re-sent.
+        await self._call("PUT", f"/contacts/{remote_id}/", operation="update contact", record=f"{remote_id} ({write.phone})",
+                         write=True, body=body)
+        return WriteOutcome(ref=write.ref, remote_id=remote_id)
+
+    async def _delete_one(self, write: ContactWrite) -> WriteOutcome:
+        remote_id = self._require_id(write)
+        try:
+            await self._call("DELETE", f"/contacts/{remote_id}/", operation="delete contact",
+                             record=f"{remote_id} ({write.phone})", write=True)
+        except NotFound:
+            return WriteOutcome(ref=write.ref, remote_id=remote_id, note="already gone")
+        return WriteOutcome(ref=write.ref, remote_id=remote_id)
+
+    @staticmethod
+    def _require_id(write: ContactWrite) -> str:
+        if not write.remote_id:
+            raise ValueError(f"contact {write.ref} ({write.phone}) has no SendHub id to write to")
+        return write.remote_id
+
+    # -- memberships -----------------------------------------------------------------
+
+    async def change_members(self, group_remote_id: str, add: Sequence[str], remove: Sequence[str]) -> MembershipOutcome:
+        """Add and remove contacts through ``POST /groups/{id}/contacts/`` in batches of ``batch_size``.
+
+        SendHub answers 202 and lists per-id problems in ``errors``: a contact
+        already in the group counts as added, one not in it as removed, anything
+        else is that id's :class:`Rejected`.
+        """
+        added: set[str] = set()
+        removed: set[str] = set()
+        errors: dict[str, Exception] = {}
+        for op, done, ids in (("add", added, add), ("remove", removed, remove)):
+            for chunk in _chunks(list(dict.fromkeys(ids)), self._batch_size):
+                response = await self._call("POST", f"/groups/{group_remote_id}/contacts/", operation=f"{op} group members",
+                                            record=f"group {group_remote_id}", write=True,
+                                            body={op: [_wire_id(i) for i in chunk]})
+                body = self._json(response, f"{op} group members", f"group {group_remote_id}")
+                self._settle_members(op, chunk, body, group_remote_id, done, errors)
+        return MembershipOutcome(added=frozenset(added), removed=frozenset(removed), errors=errors)
+
+    def _settle_members(self, op: str, chunk: Sequence[str], body: Any, group_id: str,
+                        done: set[str], errors: dict[str, Exception]) -> None:
+        operation = f"{op} group members"
+        endpoint = f"POST /groups/{group_id}/contacts/"
+        if not isinstance(body, dict) or not isinstance(body.get(op, []), list) or not isinstance(body.get("errors") or {}, dict):
+            raise self._protocol(f"{endpoint}: the answer is not {{add, remove, errors}}", operation, f"group {group_id}")
+        confirmed = {str(i) for i in body.get(op, [])}
+        messages = (body.get("errors") or {}).get(op) or []
+        unexplained: list[str] = []
+        benign = _ALREADY_IN if op == "add" else _NOT_IN
+        for message in messages if isinstance(messages, list) else [messages]:
+            text = _text(message)
+            match = benign.match(text)
+            first = text.split(maxsplit=1)[0] if text.split() else ""
+            if match:
+                confirmed.add(match.group(1))
+            elif first in chunk:
+                errors[first] = Rejected(text, provider=self.name, operation=operation, record=f"{first} in group {group_id}")
+            else:
+                unexplained.append(text)
+        for contact_id in chunk:
+            if contact_id in confirmed:
+                done.add(contact_id)
+            elif contact_id not in errors:
+                reason = "; ".join(unexplained) or f"SendHub did not confirm the {op} ({endpoint})"
+                errors[contact_id] = Rejected(reason, provider=self.name, operation=operation, record=f"{contact_id} in group {group_id}")

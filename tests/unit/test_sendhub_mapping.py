@@ -1,0 +1,214 @@
+"""SendHub mapping and error translation, pure: no network."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from syncd.config import ProviderSettings, Secret
+from syncd.errors import AuthError, NotFound, ProtocolError, QuotaExhausted, RateLimited, Rejected, TransientError
+from syncd.model import Contact
+from syncd.providers.sendhub import RESERVED, SendHubProvider, full_name, sendhub_error, split_name
+
+ENDPOINT = "GET /v1/contacts/"
+
+
+@pytest.fixture(scope="module")
+def sendhub() -> SendHubProvider:
+    settings = ProviderSettings(
+        name="sh-unit", type="sendhub", base_url="http://127.0.0.1:9/v1", username="u", api_key=Secret("k3y")
+    )
+    return SendHubProvider(settings, default_region="US")
+
+
+def contact(**kw) -> Contact:
+    return Contact(id=1, phone=kw.pop("phone", "+16501234567"), **kw)
+
+
+# -- project ---------------------------------------------------------------------
+
+
+def test_project_joins_name_and_surname_into_sendhub_name(sendhub):
+    assert sendhub.project(contact(name="John", surname="Doe")) == {"number": "+16501234567", "name": "John Doe"}
+
+
+def test_project_carries_email_and_extra_as_text_custom_fields(sendhub):
+    projected = sendhub.project(contact(name="A", email="a@x.io", extra={"city": "Cupertino", "vip": True, "n": 5}))
+    assert projected == {"number": "+16501234567", "name": "A", "email": "a@x.io", "city": "Cupertino", "vip": "true", "n": "5"}
+
+
+def test_project_leaves_out_empty_values_reserved_keys_groups_and_opt_out(sendhub):
+    extra = {key: "x" for key in RESERVED} | {"email": "shadow", "empty": "", "none": None}
+    projected = sendhub.project(contact(surname="", name="", extra=extra, opted_out=True, groups=frozenset({3})))
+    assert projected == {"number": "+16501234567"}
+
+
+# -- split_name / to_canonical -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("new", "current", "expected"),
+    [
+        ("Anna Maria Rossi", None, ("Anna Maria", "Rossi")),  # last space splits
+        ("Cher", None, ("Cher", "")),  # no space: all name
+        ("", None, ("", "")),
+        ("Mario De Rossi", contact(name="Mario", surname="De Rossi"), ("Mario", "De Rossi")),  # unchanged: kept
+        ("Anna Maria De Rossi", contact(name="Anna", surname="De Rossi"), ("Anna Maria", "De Rossi")),  # surname kept
+        ("Jean Paul Sartre", contact(name="Jean Paul", surname="Belmondo"), ("Jean Paul", "Sartre")),  # name kept
+        ("Totally New", contact(name="Old", surname="Name"), ("Totally", "New")),
+    ],
+)
+def test_split_name_keeps_what_still_fits_of_the_current_split(new, current, expected):
+    assert split_name(new, current) == expected
+
+
+def test_to_canonical_reads_email_and_custom_fields_as_extra(sendhub):
+    fields = {"number": "+16501234567", "name": "John Doe", "email": "j@d.io", "city": "Rome"}
+    assert sendhub.to_canonical(fields, None) == {"name": "John", "surname": "Doe", "email": "j@d.io", "extra": {"city": "Rome"}}
+
+
+def test_to_canonical_keeps_extra_sendhub_cannot_hold_and_original_value_types(sendhub):
+    current = contact(name="J", extra={"keyword": "kept", "vip": True, "empty": "", "gone": "x"})
+    result = sendhub.to_canonical({"number": "+16501234567", "name": "J", "vip": "true"}, current)
+    assert result["extra"] == {"keyword": "kept", "vip": True, "empty": ""}
+
+
+names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+stripped = names.map(str.strip)
+extras = st.dictionaries(st.text(min_size=1, max_size=8), st.one_of(names, st.booleans(), st.integers()), max_size=4)
+
+
+@given(name=stripped, surname=stripped, email=stripped, extra=extras)
+def test_projection_round_trips_to_the_same_canonical_values(sendhub, name, surname, email, extra):
+    current = contact(name=name, surname=surname, email=email, extra=extra)
+    back = sendhub.to_canonical(sendhub.project(current), current)
+    assert (back["name"], back["surname"], back["email"]) == (name, surname, email)
+    assert back["extra"] == dict(extra)
+
+
+@given(new=stripped, name=stripped, surname=stripped)
+def test_a_sendhub_name_read_back_projects_to_itself_so_nothing_ping_pongs(sendhub, new, name, surname):
+    for current in (None, contact(name=name, surname=surname)):
+        result = sendhub.to_canonical({"name": new}, current)
+        assert full_name(result["name"], result["surname"]) == new
+
+
+# -- parse_contact / parse_group ----------------------------------------------------
+
+
+def test_parse_contact_normalises_number_groups_blocked_and_date(sendhub):
+    obj = {
+        "id": "22413", "name": "John Doe", "number": "4155552671", "blocked": True,
+        "groups": ["/api/v1/groups/11/", "/v1/groups/12", 13, "14"],
+        "date_modified": "2012-05-31T19:36:43.932126", "resource_uri": "/api/v1/contacts/22413/",
+        "city": "Cupertino", "zip": 95014, "note": "",
+    }
+    remote = sendhub.parse_contact(obj, endpoint=ENDPOINT)
+    assert remote.remote_id == "22413"
+    assert remote.phone == "+14155552671"
+    assert remote.fields == {"number": "+14155552671", "name": "John Doe", "city": "Cupertino", "zip": "95014"}
+    assert remote.groups == frozenset({"11", "12", "13", "14"})
+    assert remote.opted_out is True
+    assert remote.modified_at == datetime(2012, 5, 31, 19, 36, 43, 932126, tzinfo=UTC)
+
+
+def test_parse_contact_keeps_an_unparseable_number_raw(sendhub):
+    remote = sendhub.parse_contact({"id": 5, "name": "X", "number": "not a phone"}, endpoint=ENDPOINT)
+    assert (remote.remote_id, remote.phone, remote.groups) == ("5", "not a phone", frozenset())
+
+
+@pytest.mark.parametrize(
+    ("obj", "what"),
+    [
+        ([], "not a JSON object"),
+        ({"name": "x", "number": "+16501234567"}, "has no id"),
+        ({"id": True, "number": "+16501234567"}, "has no id"),
+        ({"id": "1", "name": "x"}, "has no number"),
+        ({"id": "1", "number": ["+16501234567"]}, "has no number"),
+        ({"id": "1", "number": "+16501234567", "groups": "11"}, "is not a list"),
+        ({"id": "1", "number": "+16501234567", "groups": [{"id": 1}]}, "lists group"),
+    ],
+)
+def test_parse_contact_rejects_bad_shapes_with_a_protocol_error_naming_the_endpoint(sendhub, obj, what):
+    with pytest.raises(ProtocolError) as caught:
+        sendhub.parse_contact(obj, endpoint=ENDPOINT)
+    assert ENDPOINT in str(caught.value) and what in str(caught.value)
+    assert "sh-unit" in str(caught.value)
+
+
+def test_parse_group_reads_id_and_name_and_checks_them(sendhub):
+    group = sendhub.parse_group({"id": "12", "name": "Regulars", "slug": "regulars"}, endpoint="GET /v1/groups/")
+    assert (group.remote_id, group.name, group.description) == ("12", "Regulars", "")
+    with pytest.raises(ProtocolError, match="group 12 has no name"):
+        sendhub.parse_group({"id": 12}, endpoint="GET /v1/groups/")
+
+
+# -- sendhub_error ------------------------------------------------------------------
+
+
+def response(status: int, body=None, *, text: str | None = None, headers=None) -> httpx.Response:
+    content = text.encode() if text is not None else json.dumps(body).encode()
+    request = httpx.Request("POST", "http://sim/v1/contacts/?username=u&api_key=k3y")
+    return httpx.Response(status, content=content, headers=headers, request=request)
+
+
+def mapped(resp: httpx.Response):
+    return sendhub_error(resp, provider="sh-unit", operation="create contact", record="+16501234567")
+
+
+def test_success_statuses_map_to_no_error():
+    assert mapped(response(201, {})) is None and mapped(response(202, {})) is None
+
+
+def test_429_waits_the_time_left_in_its_body():
+    body = {"message": "You have sent too many requests.", "code": "429", "error": "Too Many Requests", "timeLeft": "0:01:30"}
+    error = mapped(response(429, body, headers={"Retry-After": "5"}))
+    assert isinstance(error, RateLimited) and error.retry_after == 90.0
+    assert "You have sent too many requests." in str(error)
+
+
+def test_429_without_time_left_falls_back_to_retry_after():
+    error = mapped(response(429, {"error": "Too Many Requests"}, headers={"Retry-After": "7"}))
+    assert isinstance(error, RateLimited) and error.retry_after == 7.0
+
+
+def test_420_is_quota_exhausted_with_sendhubs_words():
+    error = mapped(response(420, {"error": "You have made too many requests and are being rate limited"}))
+    assert isinstance(error, QuotaExhausted) and "being rate limited" in str(error)
+
+
+def test_400_field_map_is_rejected_naming_the_field_and_reason():
+    error = mapped(response(400, {"number": ["That number is already in your contacts."]}))
+    assert isinstance(error, Rejected)
+    assert error.field == "number" and error.reason == "That number is already in your contacts."
+    assert str(error) == (
+        "sh-unit: create contact +16501234567 rejected (field number) (HTTP 400): That number is already in your contacts."
+    )
+
+
+def test_400_generic_and_html_bodies_are_rejected_with_their_text():
+    assert mapped(response(400, {"error": "Join message can not be longer than 70 characters.", "status": 400})).reason.startswith("Join")
+    html = mapped(response(400, text="The 'resource_uri' field does not allow filtering."))
+    assert isinstance(html, Rejected) and "does not allow filtering" in html.reason
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (401, None, AuthError),
+        (403, {"message": "forbidden"}, AuthError),
+        (404, {"error": "Requested contact not found", "status": 404}, NotFound),
+        (500, {"error": "Internal Server Error"}, TransientError),
+        (503, None, TransientError),
+        (418, {"message": "teapot"}, ProtocolError),
+    ],
+)
+def test_other_statuses_map_onto_the_error_tree(status, body, kind):
+    resp = response(status, text="") if body is None else response(status, body)
+    error = mapped(resp)
+    assert type(error) is kind and error.status == status and "k3y" not in str(error)
