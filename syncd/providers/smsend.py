@@ -1,0 +1,687 @@
+"""The smsend REST v1.0 client (design §2; providers.md PART 1).
+
+What the documented API allows, and therefore what this client does:
+
+* **groups** are fully two-way: listed page by page (``GET /groups``), created
+  (``POST /group``, the id read from the relative ``Location: /group/{id}``),
+  modified (``PUT /group/{id}``) and deleted (``DELETE /group/{id}``);
+* **contacts** cannot be listed, updated or deleted one by one. Every contact
+  write is the add-multiple upsert ``POST /contact`` with
+  ``updateExistingContact: true``: keyed by phone number, it can never
+  duplicate a contact, so a batch whose response was lost is simply sent again.
+  ``keepExistingGroupsAndCampaigns: false`` makes each contact's ``groupIds``
+  its exact group set, so memberships travel with the contact write. The remote
+  id of a contact is its E.164 number;
+* **deletion** upserts the contacts into a temporary group of syncd's own
+  (``syncd-delete-…``, keeping their other groups) and deletes that group with
+  ``deletecontacts=true``, the documented way to delete contacts;
+* **opt-outs** go to the blacklist (``POST /contacts/add_to_blacklist``).
+
+Every contact field is sent on each upsert, empty ones as ``""`` (the documented
+default), because the upsert overwrites only the fields present: leaving a
+field out would never clear it at smsend.
+
+Authentication, in order of preference: ``user_key`` + ``access_token``
+(headers ``user_key`` and ``Access_token``); ``username`` + ``password``
+(``GET /login`` answers ``USER_KEY;SESSION_KEY``, then headers ``user_key`` and
+``Session_key``; a session expires after 5 idle minutes, so a 401 triggers one
+transparent re-login and the call is sent again); ``user_key`` +
+``session_key`` as given. Header names are sent exactly as documented:
+smsend refuses ``User-Key``-style names.
+
+Status codes: 401 is refused credentials; 404 means "the user_key was not
+found" (or, on login, "credentials are incorrect"), so it is an
+:class:`~syncd.errors.AuthError` too, except on ``GET /contact/{id}``; 400 is a
+:class:`~syncd.errors.Rejected` carrying smsend's own message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import httpx
+import structlog
+
+from syncd.config import ProviderSettings
+from syncd.errors import (
+    AuthError,
+    ConfigError,
+    ProtocolError,
+    ProviderError,
+    QuotaExhausted,
+    Rejected,
+    UnknownOutcome,
+    Unsupported,
+    excerpt,
+)
+from syncd.model import Contact, ContactWrite, Fields, RemoteContact, RemoteGroup, WriteOutcome
+from syncd.phones import InvalidPhone, to_e164
+from syncd.providers.base import Capabilities, MembershipOutcome
+from syncd.providers.http import HttpSession, RetryPolicy, default_error, parse_json
+
+__all__ = [
+    "CAPABILITIES",
+    "CONTACT_FIELDS",
+    "EXTRA_FIELDS",
+    "TEMP_GROUP_PREFIX",
+    "SmsendProvider",
+    "validate_contact",
+]
+
+log = structlog.get_logger("syncd.providers.smsend")
+
+#: Canonical ``extra`` keys smsend can hold, under the same names.
+EXTRA_FIELDS: tuple[str, ...] = (
+    "gender", "fax", "address", "city", "province", "birthdate", "promotiondate", "rememberdate", "zip",
+    *(f"custom{i}" for i in range(1, 11)),
+)
+#: Every field of an add-contact object syncd sends (groups travel as ``groupIds``).
+CONTACT_FIELDS: tuple[str, ...] = ("phoneNumber", "name", "surname", "email", *EXTRA_FIELDS)
+_EXTRA_SET = frozenset(EXTRA_FIELDS)
+
+CAPABILITIES = Capabilities(
+    list_contacts=False,
+    contact_id_is_phone=True,
+    update_contacts=True,
+    delete_contacts=True,
+    member_changes=False,
+    opt_out_outbound=True,
+    contact_fields=frozenset(CONTACT_FIELDS),
+)
+
+#: Groups syncd creates to delete contacts through; hidden from ``groups()``.
+TEMP_GROUP_PREFIX = "syncd-delete-"
+#: Groups per list request: the documented default (5) would cost a request per five groups.
+GROUPS_PAGE_SIZE = 100
+#: The simulator's (assumed) upsert limit; ``batch_size`` is capped here.
+MAX_BATCH = 1000
+
+_MAX_LENGTH = {"name": 40, "surname": 40, "fax": 32, "city": 32, "province": 32, "address": 256, "zip": 16}
+_DATE_FIELDS = ("birthdate", "promotiondate", "rememberdate")
+# The six documented date formats, told apart by their shape.
+_DATE_FORMATS = (
+    (re.compile(r"\d{6}"), "%d%m%y"),  # ddMMyy
+    (re.compile(r"\d{8}"), "%Y%m%d"),  # yyyyMMdd
+    (re.compile(r"\d{10}"), "%d%m%y%H%M"),  # ddMMyyHHmm
+    (re.compile(r"\d{14}"), "%Y%m%d%H%M%S"),  # yyyyMMddHHmmss
+    (re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d"), "%Y-%m-%d %H:%M"),
+    (re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d\.0"), "%Y-%m-%d %H:%M.0"),
+)
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_GROUP_LOCATION = re.compile(r"(?:^|/)group/([^/]+)/?$")
+# smsend's 400 messages start with the offending field, e.g. "contacts[3].name: longer than 40".
+_REASON_FIELD = re.compile(r"^(?:contacts\[\d+\]\.)?([A-Za-z][A-Za-z0-9]*)\s*:")
+
+
+# --- validation and mapping (pure) -------------------------------------------
+
+
+def _valid_date(value: str) -> bool:
+    for shape, fmt in _DATE_FORMATS:
+        if shape.fullmatch(value):
+            try:
+                datetime.strptime(value, fmt)
+            except ValueError:
+                return False
+            return True
+    return False
+
+
+def _field_problem(name: str, value: str) -> str | None:
+    limit = _MAX_LENGTH.get(name)
+    if limit is not None and len(value) > limit:
+        return f"{len(value)} characters, smsend allows at most {limit}"
+    if name == "gender" and value not in ("m", "f"):
+        return f"{value!r} is not 'm' or 'f'"
+    if name in _DATE_FIELDS and not _valid_date(value):
+        return (f"{value!r} is not a date in ddMMyy, yyyyMMdd, ddMMyyHHmm, yyyyMMddHHmmss, "
+                "'yyyy-MM-dd HH:mm' or 'yyyy-MM-dd HH:mm.0'")
+    if name == "email" and not _EMAIL.fullmatch(value):
+        return f"{value!r} is not a valid email address"
+    return None
+
+
+def validate_contact(fields: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The documented add-contact rules broken by ``fields``, as ``(field, problem)`` pairs.
+
+    Empty values are the documented default and always valid. At least one of
+    ``phoneNumber`` and ``email`` must be non-empty.
+    """
+    problems = [(name, problem) for name, value in fields.items()
+                if value and (problem := _field_problem(name, value)) is not None]
+    if not fields.get("phoneNumber") and not fields.get("email"):
+        problems.append(("phoneNumber", "at least one of phoneNumber and email is required"))
+    return problems
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+# --- plumbing ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """One contact ready for an upsert: its place in the caller's batch and its body."""
+
+    index: int
+    ref: int | str
+    phone: str
+    body: dict[str, Any]
+    groups: tuple[str, ...]
+    opted_out: bool = False
+
+
+def _message_of(response: httpx.Response) -> str:
+    """smsend's own words: the ``error`` of a JSON error body, else the body text."""
+    try:
+        body = json.loads(response.content)
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return body["error"]
+    return response.text
+
+
+def _scrub(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+def _make_error_mapper(secrets: Sequence[str]):
+    """The smsend reading of HTTP statuses (see the module docstring); secrets never quoted."""
+
+    def mapper(response: httpx.Response, *, provider: str, operation: str, record: str) -> ProviderError | None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return None
+        kw: dict[str, Any] = dict(provider=provider, operation=operation, record=record, status=status)
+        reason = _scrub(excerpt(_message_of(response)) or response.reason_phrase, secrets)
+        path = response.request.url.path
+        if status == 400:
+            match = _REASON_FIELD.match(reason)
+            return Rejected(reason, field=match.group(1) if match else "", **kw)
+        if status == 401:
+            return AuthError(f"credentials refused: {reason}", **kw)
+        if status == 404 and path.endswith("/login"):
+            return AuthError(f"username or password refused: {reason}", **kw)
+        if status == 404 and not (response.request.method == "GET" and "/contact/" in path):
+            return AuthError(f"{reason} (smsend answers 404 when the user_key is unknown; "
+                             "check user_key and base_url)", **kw)
+        error = default_error(response, provider=provider, operation=operation, record=record)
+        if error is not None and secrets:
+            error.reason = _scrub(error.reason, secrets)
+            error.args = (error._render(),)
+        return error
+
+    return mapper
+
+
+# --- the client --------------------------------------------------------------
+
+
+class SmsendProvider:
+    """One smsend account (see the module docstring for what it can and cannot do)."""
+
+    capabilities = CAPABILITIES
+
+    def __init__(
+        self,
+        settings: ProviderSettings,
+        *,
+        default_region: str = "IT",
+        transport: httpx.AsyncBaseTransport | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.name = settings.name
+        self.settings = settings
+        self.default_region = default_region
+        self.batch_size = max(1, min(settings.batch_size, MAX_BATCH))
+        self._mode = _auth_mode(settings)
+        self._http = HttpSession(
+            provider=settings.name,
+            base_url=settings.base_url,
+            timeout=settings.timeout_seconds,
+            requests_per_second=settings.requests_per_second,
+            max_concurrency=settings.max_concurrency,
+            verify=settings.tls_verify,
+            retry=retry,
+            error_mapper=_make_error_mapper(settings.secrets()),
+            transport=transport,
+        )
+        self._headers: dict[str, str] | None = None
+        self._generation = 0  # bumped on every login, so concurrent 401s log in once
+        self._login_lock = asyncio.Lock()
+        self._delete_lock = asyncio.Lock()
+
+    @property
+    def stats(self):
+        """Request counters of the underlying HTTP session."""
+        return self._http.stats
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- mapping (pure) -----------------------------------------------------
+
+    def project(self, contact: Contact) -> dict[str, Any]:
+        """The contact in smsend's fields; empty values and extras smsend cannot hold are left out."""
+        values = {"phoneNumber": contact.phone, "name": contact.name, "surname": contact.surname,
+                  "email": contact.email}
+        values.update({key: contact.extra.get(key) for key in EXTRA_FIELDS})
+        return {key: _text(value) for key, value in values.items() if _text(value)}
+
+    def to_canonical(self, fields: Fields, current: Contact | None) -> dict[str, Any]:
+        """Canonical name, surname, email and extra for smsend ``fields``.
+
+        Extra keys smsend cannot hold are kept from ``current``; those it can
+        hold come from ``fields`` (absent means empty, so they are dropped).
+        """
+        extra = {k: v for k, v in (current.extra if current else {}).items() if k not in _EXTRA_SET}
+        extra.update({key: _text(fields[key]) for key in EXTRA_FIELDS if _text(fields.get(key))})
+        return {
+            "name": _text(fields.get("name")),
+            "surname": _text(fields.get("surname")),
+            "email": _text(fields.get("email")),
+            "extra": extra,
+        }
+
+    # -- authentication -----------------------------------------------------
+
+    async def _auth_headers(self) -> tuple[dict[str, str], int]:
+        if self._headers is None:
+            async with self._login_lock:
+                if self._headers is None:
+                    self._headers = await self._first_headers()
+        return self._headers, self._generation
+
+    async def _first_headers(self) -> dict[str, str]:
+        s = self.settings
+        if self._mode == "access_token":
+            assert s.user_key and s.access_token
+            return {"user_key": s.user_key, "Access_token": s.access_token.get()}
+        if self._mode == "session_key":
+            assert s.user_key and s.session_key
+            return {"user_key": s.user_key, "Session_key": s.session_key.get()}
+        return await self._login()
+
+    async def _login(self) -> dict[str, str]:
+        """``GET /login``: a fresh session. The password travels in the query, never into a message."""
+        s = self.settings
+        assert s.username and s.password
+        response = await self._http.request(
+            "GET", "/login", operation="login", record=s.username,
+            params={"username": s.username, "password": s.password.get()},
+        )
+        user_key, sep, session_key = response.text.strip().partition(";")
+        if not sep or not user_key or not session_key or ";" in session_key or any(c.isspace() for c in user_key + session_key):
+            # Never quote the body: it may hold a session key.
+            raise ProtocolError(
+                f"GET /login answered a {len(response.text)}-character body that is not 'USER_KEY;SESSION_KEY'",
+                provider=self.name, operation="login", record=s.username, status=response.status_code,
+            )
+        self._generation += 1
+        log.info("smsend.login", provider=self.name, username=s.username)
+        return {"user_key": user_key, "Session_key": session_key}
+
+    async def _relogin(self, seen_generation: int) -> dict[str, str]:
+        """Log in again unless another request already did since ``seen_generation``."""
+        async with self._login_lock:
+            if self._generation == seen_generation or self._headers is None:
+                log.info("smsend.session_expired", provider=self.name)
+                self._headers = await self._login()
+            return self._headers
+
+    def _explain_refusal(self, error: AuthError) -> AuthError:
+        if self._mode != "session_key" or error.status != 401:
+            return error
+        hint = ("the session key was refused (a session key expires after 5 idle minutes); configure "
+                "access_token, or username and password so syncd can log in by itself")
+        better = AuthError(f"{hint}: {error.reason}", provider=self.name, operation=error.operation,
+                           record=error.record, status=error.status)
+        better.__cause__ = error
+        return better
+
+    async def _call(self, method: str, path: str, *, operation: str, record: str = "",
+                    idempotent: bool = True, params: Mapping[str, Any] | None = None,
+                    json_body: Any = None) -> httpx.Response:
+        """One authenticated request; a 401 in username/password mode logs in again once."""
+        headers, generation = await self._auth_headers()
+        send = dict(operation=operation, record=record, idempotent=idempotent, params=params, json_body=json_body)
+        try:
+            return await self._http.request(method, path, headers=headers, **send)
+        except AuthError as error:
+            if self._mode != "login" or error.status != 401:
+                raise self._explain_refusal(error) from None
+        headers = await self._relogin(generation)
+        return await self._http.request(method, path, headers=headers, **send)
+
+    # -- groups -------------------------------------------------------------
+
+    async def groups(self) -> AsyncIterator[list[RemoteGroup]]:
+        """Every group but syncd's temporary ones, one list per non-empty page."""
+        async for page in self._all_group_pages():
+            visible = [group for group in page if not group.name.startswith(TEMP_GROUP_PREFIX)]
+            if visible:
+                yield visible
+
+    async def _all_group_pages(self) -> AsyncIterator[list[RemoteGroup]]:
+        """``GET /groups`` page by page until ``Total`` groups were seen.
+
+        A listing whose ``Total`` changes between pages, or whose pages do not
+        add up to ``Total`` distinct groups, raises ProtocolError: a group was
+        created or deleted meanwhile, and a pull built on it would be wrong.
+        """
+        seen: set[str] = set()
+        received, total, page_number = 0, None, 1
+        while True:
+            groups, page_total = await self._group_page(page_number)
+            if total is not None and page_total != total:
+                raise self._listing_changed(f"Total went from {total} to {page_total}")
+            total = page_total
+            received += len(groups)
+            fresh = [group for group in groups if group.remote_id not in seen]
+            seen.update(group.remote_id for group in fresh)
+            if fresh:
+                yield fresh
+            if not groups or received >= total:
+                break
+            page_number += 1
+        if received != total or len(seen) != total:
+            raise self._listing_changed(f"Total is {total} but {received} groups ({len(seen)} distinct) were listed")
+
+    def _listing_changed(self, detail: str) -> ProtocolError:
+        return ProtocolError(f"GET /groups: listing changed while paging ({detail}); list again later",
+                             provider=self.name, operation="list groups")
+
+    async def _group_page(self, page_number: int) -> tuple[list[RemoteGroup], int]:
+        operation = "list groups"
+        response = await self._call("GET", "/groups", operation=operation, record=f"page {page_number}",
+                                    params={"pageNumber": page_number, "pageSize": GROUPS_PAGE_SIZE})
+        body = parse_json(response, provider=self.name, operation=operation, record=f"page {page_number}")
+        return self._parse_group_page(body, page_number)
+
+    def _parse_group_page(self, body: Any, page_number: int) -> tuple[list[RemoteGroup], int]:
+        def bad(what: str) -> ProtocolError:
+            return ProtocolError(f"GET /groups page {page_number}: {what}", provider=self.name,
+                                 operation="list groups", record=f"page {page_number}")
+
+        if not isinstance(body, dict):
+            raise bad(f"expected a JSON object, got {type(body).__name__}")
+        rows, total = body.get("groups"), body.get("Total")
+        if not isinstance(rows, list):
+            raise bad("'groups' is missing or not a list")
+        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+            raise bad(f"'Total' is missing or not a count: {excerpt(repr(total), 40)}")
+        return [self._parse_group(row, bad) for row in rows], total
+
+    @staticmethod
+    def _parse_group(row: Any, bad) -> RemoteGroup:
+        if not isinstance(row, dict):
+            raise bad(f"a group is not a JSON object: {excerpt(repr(row), 60)}")
+        group_id, name, description = row.get("id_group"), row.get("group_name"), row.get("group_description")
+        # Ids are opaque strings; the path tables type them Int, so a number is read as its text.
+        if isinstance(group_id, int) and not isinstance(group_id, bool):
+            group_id = str(group_id)
+        if not isinstance(group_id, str) or not group_id:
+            raise bad(f"a group has no string 'id_group': {excerpt(repr(row), 80)}")
+        if not isinstance(name, str) or not isinstance(description, str):
+            raise bad(f"group {group_id}: 'group_name' and 'group_description' must be strings")
+        return RemoteGroup(remote_id=group_id, name=name, description=description)
+
+    async def create_group(self, name: str, description: str) -> str:
+        """``POST /group``; the new id from ``Location``. Not idempotent: a lost response is UnknownOutcome."""
+        response = await self._call("POST", "/group", operation="create group", record=name, idempotent=False,
+                                    json_body={"name": name, "description": description})
+        location = response.headers.get("location", "")
+        match = _GROUP_LOCATION.search(urlsplit(location).path)
+        if match is None:
+            raise ProtocolError(f"POST /group answered {response.status_code} without a 'Location: /group/{{id}}' "
+                                f"header (got {excerpt(location, 80)!r})",
+                                provider=self.name, operation="create group", record=name,
+                                status=response.status_code)
+        return unquote(match.group(1))
+
+    async def update_group(self, remote_id: str, name: str, description: str) -> None:
+        """``PUT /group/{id}`` with the new name and description."""
+        await self._call("PUT", f"/group/{quote(remote_id, safe='')}", operation="update group", record=remote_id,
+                         json_body={"name": name, "description": description})
+
+    async def delete_group(self, remote_id: str) -> None:
+        """``DELETE /group/{id}?deletecontacts=false``: the group goes, its contacts stay."""
+        await self._delete_group(remote_id, delete_contacts=False)
+
+    async def _delete_group(self, remote_id: str, *, delete_contacts: bool, idempotent: bool = True,
+                            operation: str = "delete group") -> None:
+        await self._call("DELETE", f"/group/{quote(remote_id, safe='')}", operation=operation, record=remote_id,
+                         idempotent=idempotent, params={"deletecontacts": "true" if delete_contacts else "false"})
+
+    # -- contacts: reads ----------------------------------------------------
+
+    def contacts(self) -> AsyncIterator[list[RemoteContact]]:
+        """Always Unsupported: smsend documents no way to list contacts."""
+        raise Unsupported("smsend's API has no contact listing; its contacts are outbound only",
+                          provider=self.name, operation="list contacts")
+
+    async def find_contact(self, phone: str) -> RemoteContact | None:
+        """None: smsend has no lookup by number, and its upsert makes one unnecessary."""
+        return None
+
+    async def change_members(self, group_remote_id: str, add: Sequence[str], remove: Sequence[str]) -> MembershipOutcome:
+        """Unsupported: memberships travel in the contact upsert (``groupIds``)."""
+        raise Unsupported("smsend memberships are written with the contact upsert (capabilities.member_changes "
+                          "is False)", provider=self.name, operation="change members", record=group_remote_id)
+
+    # -- contacts: writes ---------------------------------------------------
+
+    async def create_contacts(self, writes: Sequence[ContactWrite]) -> list[WriteOutcome]:
+        """Upsert ``writes`` (see :meth:`update_contacts`)."""
+        return await self._write_contacts(writes, operation="create contact")
+
+    async def update_contacts(self, writes: Sequence[ContactWrite]) -> list[WriteOutcome]:
+        """Upsert ``writes`` by number, each with exactly its ``groups``; blacklist the opted-out.
+
+        Invalid contacts are rejected before sending (one bad contact would sink
+        its whole all-or-nothing batch); a batch smsend still refuses is split
+        in halves until each refused contact stands alone with smsend's reason.
+        """
+        return await self._write_contacts(writes, operation="update contact")
+
+    async def _write_contacts(self, writes: Sequence[ContactWrite], *, operation: str) -> list[WriteOutcome]:
+        outcomes: dict[int, WriteOutcome] = {}
+        items = []
+        for index, write in enumerate(writes):
+            try:
+                items.append(self._item(index, write, operation))
+            except Rejected as error:
+                outcomes[index] = WriteOutcome(write.ref, error=error)
+        await self._upsert_all(items, outcomes, keep_groups=False, operation=operation, note="upserted by number")
+        await self._blacklist_all([i for i in items if i.opted_out and outcomes[i.index].ok], outcomes)
+        return _in_order(outcomes, len(writes))
+
+    def _phone(self, raw: str, ref: int | str, operation: str) -> str:
+        try:
+            return to_e164(raw, self.default_region)
+        except InvalidPhone as exc:
+            raise Rejected(str(exc), field="phoneNumber", provider=self.name, operation=operation,
+                           record=raw or f"contact {ref}") from None
+
+    def _item(self, index: int, write: ContactWrite, operation: str) -> _Item:
+        phone = self._phone(write.phone, write.ref, operation)
+        body = {name: _text(write.fields.get(name)) for name in CONTACT_FIELDS}
+        body["phoneNumber"] = phone
+        problems = validate_contact(body)
+        if problems:
+            reason = "; ".join(f"{field}: {problem}" for field, problem in problems)
+            raise Rejected(reason, field=problems[0][0], provider=self.name, operation=operation, record=phone)
+        return _Item(index, write.ref, phone, body, tuple(sorted(write.groups)), write.opted_out)
+
+    async def _upsert_all(self, items: Sequence[_Item], outcomes: dict[int, WriteOutcome], *,
+                          keep_groups: bool, operation: str, note: str) -> None:
+        """Upsert ``items`` in concurrent batches, filling one outcome per item."""
+        batches = [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+        await asyncio.gather(*(self._upsert_batch(b, outcomes, keep_groups=keep_groups, operation=operation,
+                                                  note=note) for b in batches))
+        _raise_account_error(outcomes.values())
+
+    async def _upsert_batch(self, batch: Sequence[_Item], outcomes: dict[int, WriteOutcome], *,
+                            keep_groups: bool, operation: str, note: str) -> None:
+        body = {
+            "contacts": [dict(item.body, groupIds=list(item.groups)) for item in batch],
+            "updateExistingContact": True,
+            "keepExistingGroupsAndCampaigns": keep_groups,
+        }
+        record = batch[0].phone if len(batch) == 1 else f"batch of {len(batch)} from {batch[0].phone}"
+        try:
+            await self._call("POST", "/contact", operation=operation, record=record, json_body=body)
+        except Rejected as error:
+            if len(batch) > 1:
+                await self._bisect(batch, outcomes, keep_groups=keep_groups, operation=operation, note=note)
+                return
+            outcomes[batch[0].index] = WriteOutcome(batch[0].ref, error=error)
+            return
+        except ProviderError as error:
+            for item in batch:
+                outcomes[item.index] = WriteOutcome(item.ref, error=error)
+            return
+        for item in batch:
+            outcomes[item.index] = WriteOutcome(item.ref, remote_id=item.phone, note=note)
+
+    async def _bisect(self, batch: Sequence[_Item], outcomes: dict[int, WriteOutcome], **kw: Any) -> None:
+        """Send each half of a refused batch on its own, so only the refused contacts fail."""
+        middle = len(batch) // 2
+        log.info("smsend.upsert_bisect", provider=self.name, size=len(batch))
+        await asyncio.gather(self._upsert_batch(batch[:middle], outcomes, **kw),
+                             self._upsert_batch(batch[middle:], outcomes, **kw))
+
+    async def _blacklist_all(self, items: Sequence[_Item], outcomes: dict[int, WriteOutcome]) -> None:
+        await asyncio.gather(*(self._blacklist(item, outcomes) for item in items))
+        _raise_account_error(outcomes.values())
+
+    async def _blacklist(self, item: _Item, outcomes: dict[int, WriteOutcome]) -> None:
+        """``POST /contacts/add_to_blacklist?phoneNumber=`` (idempotent) after a successful upsert."""
+        try:
+            await self._call("POST", "/contacts/add_to_blacklist", operation="blacklist contact",
+                             record=item.phone, params={"phoneNumber": item.phone})
+        except ProviderError as error:
+            outcomes[item.index] = WriteOutcome(item.ref, remote_id=item.phone, error=error)
+            return
+        done = outcomes[item.index]
+        outcomes[item.index] = WriteOutcome(item.ref, remote_id=item.phone, note=f"{done.note}; blacklisted")
+
+    async def delete_contacts(self, writes: Sequence[ContactWrite]) -> list[WriteOutcome]:
+        """Delete contacts through a temporary group deleted with ``deletecontacts=true``.
+
+        Stale temporary groups of an interrupted earlier deletion are removed
+        first, without their contacts (those may have changed since; the engine
+        plans their deletion again). Calls are serialised so that clean-up never
+        removes the temporary group of a deletion still in progress.
+        """
+        if not writes:
+            return []
+        async with self._delete_lock:
+            await self._remove_stale_temp_groups()
+            return await self._delete_through_temp_group(writes)
+
+    async def _delete_through_temp_group(self, writes: Sequence[ContactWrite]) -> list[WriteOutcome]:
+        operation = "delete contact"
+        outcomes: dict[int, WriteOutcome] = {}
+        items = []
+        for index, write in enumerate(writes):
+            try:
+                phone = self._phone(write.remote_id or write.phone, write.ref, operation)
+            except Rejected as error:
+                outcomes[index] = WriteOutcome(write.ref, error=error)
+                continue
+            items.append(_Item(index, write.ref, phone, {"phoneNumber": phone}, ()))
+        if not items:
+            return _in_order(outcomes, len(writes))
+        try:
+            temp = await self.create_group(f"{TEMP_GROUP_PREFIX}{uuid.uuid4().hex[:12]}",
+                                           "syncd: contacts being deleted; safe to delete without its contacts")
+        except (AuthError, QuotaExhausted):
+            raise
+        except ProviderError as error:
+            return _fail_all(outcomes, items, error, len(writes))
+        items = [_Item(i.index, i.ref, i.phone, i.body, (temp,)) for i in items]
+        await self._upsert_all(items, outcomes, keep_groups=True, operation=operation, note="")
+        moved = [item for item in items if outcomes[item.index].ok]
+        try:
+            await self._delete_temp_group(temp, with_contacts=bool(moved))
+        except (AuthError, QuotaExhausted):
+            raise
+        except ProviderError as error:
+            return _fail_all(outcomes, moved, error, len(writes))
+        note = f"deleted through temporary group {temp}"
+        for item in moved:
+            outcomes[item.index] = WriteOutcome(item.ref, remote_id=item.phone, note=note)
+        log.info("smsend.deleted_contacts", provider=self.name, count=len(moved), temp_group=temp)
+        return _in_order(outcomes, len(writes))
+
+    async def _delete_temp_group(self, temp: str, *, with_contacts: bool) -> None:
+        """Delete the temporary group; a lost response is settled by looking for the group."""
+        operation = "delete temporary group"
+        try:
+            await self._delete_group(temp, delete_contacts=with_contacts, idempotent=False, operation=operation)
+        except UnknownOutcome:
+            if await self._group_exists(temp):
+                await self._delete_group(temp, delete_contacts=with_contacts, operation=operation)
+
+    async def _group_exists(self, remote_id: str) -> bool:
+        async for page in self._all_group_pages():
+            if any(group.remote_id == remote_id for group in page):
+                return True
+        return False
+
+    async def _remove_stale_temp_groups(self) -> None:
+        """Delete leftover ``syncd-delete-`` groups, keeping their contacts; failures only logged."""
+        try:
+            stale = [group.remote_id async for page in self._all_group_pages() for group in page
+                     if group.name.startswith(TEMP_GROUP_PREFIX)]
+            for remote_id in stale:
+                await self._delete_group(remote_id, delete_contacts=False, operation="remove stale temporary group")
+                log.warning("smsend.stale_temp_group_removed", provider=self.name, group=remote_id)
+        except (AuthError, QuotaExhausted):
+            raise
+        except ProviderError as error:
+            log.warning("smsend.stale_temp_group_cleanup_failed", provider=self.name, error=str(error))
+
+
+def _auth_mode(settings: ProviderSettings) -> str:
+    if settings.user_key and settings.access_token:
+        return "access_token"
+    if settings.username and settings.password:
+        return "login"
+    if settings.user_key and settings.session_key:
+        return "session_key"
+    raise ConfigError([f"providers.{settings.name}: smsend needs user_key with access_token, username with "
+                       "password, or user_key with session_key"])
+
+
+def _raise_account_error(outcomes: Iterable[WriteOutcome]) -> None:
+    """Refused credentials concern the whole account: raise instead of reporting per contact."""
+    for outcome in outcomes:
+        if isinstance(outcome.error, (AuthError, QuotaExhausted)):
+            raise outcome.error
+
+
+def _fail_all(outcomes: dict[int, WriteOutcome], items: Iterable[_Item], error: Exception,
+              count: int) -> list[WriteOutcome]:
+    for item in items:
+        outcomes[item.index] = WriteOutcome(item.ref, error=error)
+    return _in_order(outcomes, count)
+
+
+def _in_order(outcomes: Mapping[int, WriteOutcome], count: int) -> list[WriteOutcome]:
+    return [outcomes[index] for index in range(count)]
