@@ -1,0 +1,387 @@
+"""SQLAlchemy models of syncd's database (design §3), for SQLite and PostgreSQL.
+
+The schema is created and upgraded only by the alembic migrations in
+``migrations/`` (``syncd db upgrade``); these models must agree with them, and
+a test runs alembic's autogenerate comparison on both engines to prove it.
+
+Public tables
+=============
+
+Users read these, and may write ``contacts``, ``groups`` and ``group_members``
+with plain SQL: the next run carries the change out. Columns may be added,
+never renamed.
+
+``contacts`` — the canonical contact book
+    ``id`` (integer, never reused, even on SQLite), ``phone`` (E.164, unique;
+    rows written by SQL in another format are normalised or reported by the
+    engine), ``name``, ``surname``, ``email`` (text, ``''`` when unknown),
+    ``extra`` (JSON object of further fields), ``opted_out`` (sticky: syncd
+    never clears it), ``created_at``, ``updated_at``.
+``groups`` — canonical groups
+    ``id``, ``name`` (unique case-insensitively: a unique index on
+    ``lower(name)``; SQLite's ``lower`` folds ASCII letters only),
+    ``description``, ``created_at``, ``updated_at``.
+``group_members`` — canonical memberships
+    ``group_id``, ``contact_id`` (both cascade when the group or the contact is
+    deleted), ``created_at``.
+``sync_runs`` — one row per run
+    ``id``, ``started_at``, ``finished_at`` (null while running), ``trigger``
+    (``schedule``/``manual``), ``status`` (``running``/``ok``/``partial``/
+    ``failed``), ``summary`` (JSON counts), ``error``, ``owner`` (the
+    ``host:pid`` of the replica that ran it).
+``change_log`` — every change, in and out
+    ``id``, ``run_id``, ``at``, ``provider`` (the account's configured name),
+    ``entity`` (``contact``/``group``/``membership``), ``action`` (``create``/
+    ``update``/``delete``/``link``/``conflict``/``duplicate``/``guarded``),
+    ``direction`` (``inbound``/``outbound``), ``canonical_id``, ``remote_id``,
+    ``status`` (``planned``/``pending``/``applied``/``failed``/``rejected``/
+    ``skipped``), ``before``, ``after`` (JSON), ``error``, ``reason`` (why the
+    operation was planned), ``attempts``, ``next_attempt_at``, ``resolved_at``
+    (when a manual conflict was settled), ``fingerprint`` (the local
+    projection a rejected operation was planned for: it is retried only once
+    the canonical record changed).
+
+``updated_at`` stays true for direct SQL: a trigger made by the migration sets
+it on every ``UPDATE`` of ``contacts`` or ``groups`` that does not itself set
+it to a new value (PostgreSQL: ``statement_timestamp()``; SQLite:
+``CURRENT_TIMESTAMP``, to the second). Adding or removing a membership does
+not touch the contact's ``updated_at``: the engine compares memberships
+themselves on every run, so no timestamp is needed to notice them.
+
+Engine tables
+=============
+
+Private to the engine; readable, but not an interface.
+
+``remote_groups`` — the mirror of each account's groups, as last pulled
+    ``provider``, ``remote_id`` (together the key), ``name``,
+    ``description``, ``modified_at`` (when the provider reports one),
+    ``fingerprint``, ``seen_run_id`` (the last run whose pull listed it).
+``remote_contacts`` — the mirror of each account's contacts
+    ``provider``, ``remote_id`` (key), ``phone`` (E.164 when it parses, else
+    the provider's value; indexed with ``provider``), ``fields`` (JSON, the
+    provider's field space), ``groups`` (JSON list of remote group ids),
+    ``opted_out``, ``modified_at``, ``fingerprint``, ``seen_run_id``. For an
+    outbound-only account (smsend contacts) it holds what syncd last wrote.
+``links`` — which remote record is which canonical record, with the base
+    ``provider``, ``entity`` (``contact``/``group``), ``canonical_id``,
+    ``remote_id``, ``base`` (JSON: the projected field values at the last
+    successful sync), ``base_fingerprint``, ``synced_at``. Key (provider,
+    entity, canonical_id); (provider, entity, remote_id) is unique. No foreign
+    key to the canonical tables on purpose: a link whose canonical row was
+    deleted by SQL is how the engine sees that deletion.
+``pull_state`` — the last pull per account
+    ``provider`` (key), ``run_id``, ``complete`` (an incomplete pull infers no
+    deletion), ``finished_at``, ``error``.
+``sync_leases`` — which replica syncs which account (design §7)
+    ``provider`` (key: the account name), ``owner`` (``host:pid:uuid``),
+    ``host``, ``pid``, ``acquired_at``, ``expires_at``, ``generation`` (the
+    fencing token, raised at every take-over). A lease is free when
+    ``owner`` is null or ``expires_at`` has passed.
+
+Conventions: timestamps are timezone-aware UTC in Python (``UTCDateTime``);
+JSON columns are ``jsonb`` on PostgreSQL and text on SQLite, and SQL ``NULL``
+(not JSON ``null``) when None; JSON values are replaced, never mutated in place
+(in-place changes are not tracked). Constraint and index names follow
+``NAMING_CONVENTION`` so migrations name them the same on both engines.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    FetchedValue,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "Base",
+    "ChangeLogRow",
+    "ContactRow",
+    "EMPTY",
+    "GroupMemberRow",
+    "GroupRow",
+    "JSONValue",
+    "LinkRow",
+    "PullStateRow",
+    "RemoteContactRow",
+    "RemoteGroupRow",
+    "SyncLeaseRow",
+    "SyncRunRow",
+    "UTCDateTime",
+]
+
+#: Deterministic names for every constraint and index, identical on SQLite and
+#: PostgreSQL, so a later migration can drop or alter one by name.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as UTC and read back timezone-aware in UTC.
+
+    Naive datetimes are refused on write: a naive value is ambiguous and
+    silently storing local time as UTC is the bug this type exists to stop.
+    On SQLite the value is text; both the ORM's ``YYYY-MM-DD HH:MM:SS.ffffff``
+    and ``CURRENT_TIMESTAMP``'s ``YYYY-MM-DD HH:MM:SS`` (and any ISO 8601 a
+    user writes by SQL) read back; strings without an offset are UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: syncd stores timezone-aware UTC only")
+        utc = value.astimezone(UTC)
+        # SQLite has no timezone type: store the UTC wall time as text.
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def JSONValue() -> JSON:  # noqa: N802 (reads as a type in column definitions)
+    """JSON text on SQLite, ``jsonb`` on PostgreSQL (comparable, indexable); None is SQL NULL."""
+    return JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+
+def _now_column(*, on_update: bool = False) -> Mapped[datetime]:
+    """A not-null timestamp defaulting to the database's current time.
+
+    ``on_update`` marks a column the updated_at trigger maintains: the ORM then
+    reloads it after an UPDATE instead of trusting its stale value.
+    """
+    return mapped_column(
+        UTCDateTime(),
+        nullable=False,
+        server_default=func.current_timestamp(),
+        server_onupdate=FetchedValue() if on_update else None,
+    )
+
+
+#: The empty-string default, spelled as SQL: alembic's SQLite comparison
+#: misreads a plain ``""`` default as different from the migrated ``DEFAULT ''``.
+EMPTY = text("''")
+
+
+class Base(DeclarativeBase):
+    """Declarative base carrying the naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+# --- public tables -----------------------------------------------------------------
+
+
+class ContactRow(Base):
+    """A canonical contact (table ``contacts``)."""
+
+    __tablename__ = "contacts"
+    # AUTOINCREMENT: SQLite would otherwise reuse the id of a deleted last row,
+    # and a link still pointing at that id would mistake a new contact for it.
+    __table_args__ = (UniqueConstraint("phone"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    phone: Mapped[str] = mapped_column(String(32), nullable=False)
+    name: Mapped[str] = mapped_column(Text, nullable=False, server_default=EMPTY)
+    surname: Mapped[str] = mapped_column(Text, nullable=False, server_default=EMPTY)
+    email: Mapped[str] = mapped_column(Text, nullable=False, server_default=EMPTY)
+    extra: Mapped[dict[str, Any]] = mapped_column(JSONValue(), nullable=False, server_default="{}")
+    opted_out: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
+    created_at: Mapped[datetime] = _now_column()
+    updated_at: Mapped[datetime] = _now_column(on_update=True)
+
+
+class GroupRow(Base):
+    """A canonical group (table ``groups``)."""
+
+    __tablename__ = "groups"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    description: Mapped[str] = mapped_column(Text, nullable=False, server_default=EMPTY)
+    created_at: Mapped[datetime] = _now_column()
+    updated_at: Mapped[datetime] = _now_column(on_update=True)
+
+
+# Case-insensitive uniqueness of group names. An expression index works on both
+# engines, unlike a CHECK or a citext column (PostgreSQL only).
+Index("uq_groups_lower_name", func.lower(GroupRow.__table__.c.name), unique=True)
+
+
+class GroupMemberRow(Base):
+    """A canonical membership (table ``group_members``)."""
+
+    __tablename__ = "group_members"
+    __table_args__ = (PrimaryKeyConstraint("group_id", "contact_id"),)
+
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"))
+    # Indexed: "which groups is this contact in" is the engine's common lookup;
+    # the primary key already serves lookups by group.
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = _now_column()
+
+
+class SyncRunRow(Base):
+    """One sync run (table ``sync_runs``)."""
+
+    __tablename__ = "sync_runs"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    started_at: Mapped[datetime] = _now_column()
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    trigger: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="running")
+    summary: Mapped[dict[str, Any]] = mapped_column(JSONValue(), nullable=False, server_default="{}")
+    error: Mapped[str | None] = mapped_column(Text)
+    owner: Mapped[str | None] = mapped_column(Text)
+
+
+class ChangeLogRow(Base):
+    """One planned or performed change (table ``change_log``)."""
+
+    __tablename__ = "change_log"
+    __table_args__ = (
+        Index(None, "provider", "status"),
+        Index(None, "provider", "entity", "canonical_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("sync_runs.id"), index=True)
+    at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), nullable=False, server_default=func.current_timestamp(), index=True
+    )
+    provider: Mapped[str] = mapped_column(Text, nullable=False)
+    entity: Mapped[str] = mapped_column(String(16), nullable=False)
+    action: Mapped[str] = mapped_column(String(16), nullable=False)
+    direction: Mapped[str] = mapped_column(String(16), nullable=False)
+    canonical_id: Mapped[int | None] = mapped_column(Integer)
+    remote_id: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSONValue())
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSONValue())
+    error: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+
+
+# --- engine tables -----------------------------------------------------------------
+
+
+class RemoteGroupRow(Base):
+    """A provider's group as last pulled (table ``remote_groups``)."""
+
+    __tablename__ = "remote_groups"
+    __table_args__ = (PrimaryKeyConstraint("provider", "remote_id"),)
+
+    provider: Mapped[str] = mapped_column(Text)
+    remote_id: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    description: Mapped[str] = mapped_column(Text, nullable=False, server_default=EMPTY)
+    modified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    seen_run_id: Mapped[int | None] = mapped_column(Integer)
+
+
+class RemoteContactRow(Base):
+    """A provider's contact as last pulled, or as last written (table ``remote_contacts``)."""
+
+    __tablename__ = "remote_contacts"
+    __table_args__ = (
+        PrimaryKeyConstraint("provider", "remote_id"),
+        Index(None, "provider", "phone"),
+    )
+
+    provider: Mapped[str] = mapped_column(Text)
+    remote_id: Mapped[str] = mapped_column(Text)
+    phone: Mapped[str] = mapped_column(Text, nullable=False)
+    fields: Mapped[dict[str, Any]] = mapped_column(JSONValue(), nullable=False, server_default="{}")
+    groups: Mapped[list[str]] = mapped_column(JSONValue(), nullable=False, server_default="[]")
+    opted_out: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
+    modified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    seen_run_id: Mapped[int | None] = mapped_column(Integer)
+
+
+class LinkRow(Base):
+    """Remote id ↔ canonical id, with the base of the three-way merge (table ``links``)."""
+
+    __tablename__ = "links"
+    __table_args__ = (
+        PrimaryKeyConstraint("provider", "entity", "canonical_id"),
+        UniqueConstraint("provider", "entity", "remote_id"),
+    )
+
+    provider: Mapped[str] = mapped_column(Text)
+    entity: Mapped[str] = mapped_column(String(16))
+    canonical_id: Mapped[int] = mapped_column(Integer)
+    remote_id: Mapped[str] = mapped_column(Text, nullable=False)
+    base: Mapped[dict[str, Any]] = mapped_column(JSONValue(), nullable=False, server_default="{}")
+    base_fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    synced_at: Mapped[datetime] = _now_column()
+
+
+class PullStateRow(Base):
+    """The last pull of one account and whether it was complete (table ``pull_state``)."""
+
+    __tablename__ = "pull_state"
+
+    provider: Mapped[str] = mapped_column(Text, primary_key=True)
+    run_id: Mapped[int | None] = mapped_column(Integer)
+    complete: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class SyncLeaseRow(Base):
+    """The lease one replica holds on one account (table ``sync_leases``)."""
+
+    __tablename__ = "sync_leases"
+
+    provider: Mapped[str] = mapped_column(Text, primary_key=True)
+    owner: Mapped[str | None] = mapped_column(Text)
+    host: Mapped[str | None] = mapped_column(Text)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    acquired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Defaults to "now": a row inserted without an expiry is free at once.
+    expires_at: Mapped[datetime] = _now_column()
+    generation: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+
