@@ -16,7 +16,6 @@ import httpx
 import phonenumbers
 import pytest
 
-from syncd.simulators.faults import Faults
 from syncd.simulators.server import SimulatorServer, start_simulator
 from syncd.simulators.smsend import MAX_BATCH, SESSION_IDLE_SECONDS, SmsendState
 
