@@ -62,6 +62,8 @@ def test_to_canonical_without_current(provider: SmsendProvider) -> None:
                                                                 "extra": {}}
 
 
+# One client for the property test: building one per example (TLS context and all) is what costs.
+_SHARED = SmsendProvider(_settings())
 _text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
 
 
@@ -70,7 +72,7 @@ _text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=1
        foreign_extra=st.dictionaries(st.sampled_from(["company", "notes", "tier"]), _text, max_size=3))
 def test_project_then_to_canonical_round_trips(name, surname, email, smsend_extra, foreign_extra) -> None:
     """Whatever smsend can hold comes back unchanged; what it cannot hold is kept from the current record."""
-    provider = SmsendProvider(_settings())
+    provider = _SHARED
     contact = Contact(id=1, phone="+393401234567", name=name, surname=surname, email=email,
                       extra={**smsend_extra, **foreign_extra})
     back = provider.to_canonical(provider.project(contact), contact)
