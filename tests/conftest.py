@@ -36,7 +36,7 @@ from syncd.db.migrate import upgrade
 
 POSTGRES_ENV = "SYNCD_TEST_POSTGRES_URL"
 
-settings.register_profile("dev", deadline=None, max_examples=50)
+settings.register_profile("dev", deadline=None)
 settings.register_profile(
     "ci", deadline=None, max_examples=500, suppress_health_check=[HealthCheck.too_slow]
 )

@@ -100,6 +100,11 @@ def _install_sqlite_hooks(engine: Engine, *, in_memory: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
+        # AUTOCOMMIT (engine- or connection-level) means no transaction at all.
+        # SQLAlchemy has no public accessor for the effective level; this private
+        # one is what its own begin logic consults.
+        if connection._is_autocommit_isolation():
+            return
         mode = str(connection.get_execution_options().get("sqlite_begin", "DEFERRED")).upper()
         if mode not in _SQLITE_BEGIN_MODES:
             raise ValueError(f"sqlite_begin must be one of {sorted(_SQLITE_BEGIN_MODES)}, not {mode!r}")

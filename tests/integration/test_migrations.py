@@ -393,3 +393,15 @@ def test_migrations_are_importable_as_package_resources() -> None:
     scripts = Path(migrate.script_location())
     assert {"env.py", "script.py.mako"} <= {p.name for p in scripts.iterdir()}
     assert (scripts / "versions" / "0001_initial.py").is_file()
+
+
+def test_sqlite_autocommit_connections_open_no_transaction(sqlite_url: str) -> None:
+    engine = make_engine(sqlite_url)
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.exec_driver_sql("CREATE TABLE notes (body TEXT)")
+            assert not connection.connection.dbapi_connection.in_transaction
+        with engine.connect() as connection, connection.begin():
+            assert connection.connection.dbapi_connection.in_transaction
+    finally:
+        engine.dispose()
