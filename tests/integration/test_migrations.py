@@ -229,7 +229,7 @@ _instants = st.datetimes(
 )
 
 
-@settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(instant=_instants)
 def test_timestamps_round_trip_as_the_same_instant_in_utc(migrated_engine: Engine, instant: datetime) -> None:
     with session_factory(migrated_engine).begin() as session:
