@@ -15,7 +15,19 @@ on its own, so a misreading on one side is caught by the other.
 
 from __future__ import annotations
 
-from syncd.simulators.faults import Faults
-from syncd.simulators.server import SimulatorServer, serve_forever, start_simulator
+from typing import Any
 
 __all__ = ["Faults", "SimulatorServer", "serve_forever", "start_simulator"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so `python -m syncd.simulators.server` does not find its module already imported.
+    if name == "Faults":
+        from syncd.simulators.faults import Faults
+
+        return Faults
+    if name in {"SimulatorServer", "serve_forever", "start_simulator"}:
+        from syncd.simulators import server
+
+        return getattr(server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -58,6 +58,7 @@ from urllib.parse import urlencode
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -643,18 +644,17 @@ def _check_filters(params: Mapping[str, str], known: frozenset[str], allowed: fr
             raise SendHubError(400, f"The '{key}' field does not allow filtering.")
 
 
-def _page_uri(list_uri: str, params: Mapping[str, str], limit: int, offset: int) -> str:
-    query = dict(params)
-    query["limit"], query["offset"] = str(limit), str(offset)
-    return f"{list_uri}?{urlencode(query)}"
-
-
-def _meta(list_uri: str, params: Mapping[str, str], limit: int, offset: int, total: int) -> dict[str, Any]:
+def _meta(list_uri: str, params: QueryParams, limit: int, offset: int, total: int) -> dict[str, Any]:
+    """Tastypie's ``meta``; next/previous carry the request's other parameters, then limit and offset."""
+    has_next, has_previous = offset + limit < total, offset - limit >= 0
+    if has_next or has_previous:
+        others = urlencode([(k, v) for k, v in params.multi_items() if k not in ("limit", "offset")])
+        prefix = f"{list_uri}?{others}&limit={limit}&offset=" if others else f"{list_uri}?limit={limit}&offset="
     return {
         "limit": limit,
-        "next": _page_uri(list_uri, params, limit, offset + limit) if offset + limit < total else None,
+        "next": f"{prefix}{offset + limit}" if has_next else None,
         "offset": offset,
-        "previous": _page_uri(list_uri, params, limit, offset - limit) if offset - limit >= 0 else None,
+        "previous": f"{prefix}{offset - limit}" if has_previous else None,
         "total_count": total,
     }
 
@@ -725,7 +725,8 @@ class SendHubApi:
         return body
 
     def _paged(
-        self, request: Request, ids: Callable[[], Sequence[str]], list_uri: str, render: Callable[[str], bytes],
+        self, request: Request, ids: Callable[[], Sequence[str]], list_uri: str,
+        render: Callable[[Sequence[str]], list[bytes]],
         known: frozenset[str], filters: frozenset[str],
     ) -> Response:  # fmt: skip
         params = request.query_params
@@ -735,7 +736,7 @@ class SendHubApi:
             raise SendHubError.generic(500, "Internal Server Error")
         with self.account.lock:
             selected = ids()
-            objects = [render(i) for i in selected[offset : offset + limit]]
+            objects = render(selected[offset : offset + limit])
             meta = _meta(list_uri, params, limit, offset, len(selected))
         return page_response(meta, objects)
 
@@ -765,14 +766,15 @@ class SendHubApi:
             raise SendHubError(404, GROUP_NOT_FOUND)
         return group
 
-    def _render_contact(self, contact_id: str) -> bytes:
-        return self.account.contacts[contact_id].json()
+    def _render_contacts(self, contact_ids: Sequence[str]) -> list[bytes]:
+        contacts = self.account.contacts
+        return [c._json or c.json() for c in map(contacts.__getitem__, contact_ids)]
 
     # -- contacts --------------------------------------------------------------------
 
     async def list_contacts(self, request: Request) -> Response:
         ids = self._number_filter(request.query_params, self.account.contact_ids, lambda _: True)
-        return self._paged(request, ids, "/api/v1/contacts/", self._render_contact, CONTACT_FIELDS, CONTACT_FILTERS)
+        return self._paged(request, ids, "/api/v1/contacts/", self._render_contacts, CONTACT_FIELDS, CONTACT_FILTERS)
 
     async def create_contact(self, request: Request) -> Response:
         body = await self.json_body(request)
@@ -809,8 +811,8 @@ class SendHubApi:
     async def list_groups(self, request: Request) -> Response:
         groups = self.account.groups
 
-        def render(group_id: str) -> bytes:
-            return _dumps(groups[group_id].to_dict())
+        def render(group_ids: Sequence[str]) -> list[bytes]:
+            return [_dumps(groups[g].to_dict()) for g in group_ids]
 
         return self._paged(request, lambda: list(groups), "/api/v1/groups/", render, GROUP_FIELDS, frozenset())
 
@@ -849,7 +851,7 @@ class SendHubApi:
         group = self._group(request)
         ids = self._number_filter(request.query_params, group.ordered_members, group.members.__contains__)
         list_uri = f"/api/v1/groups/{group.id}/contacts/"
-        return self._paged(request, ids, list_uri, self._render_contact, CONTACT_FIELDS, CONTACT_FILTERS)
+        return self._paged(request, ids, list_uri, self._render_contacts, CONTACT_FIELDS, CONTACT_FILTERS)
 
     async def change_group_contacts(self, request: Request) -> Response:
         group = self._group(request)
