@@ -36,6 +36,8 @@ class Capabilities:
         syncd can record an opt-out at the provider (smsend's blacklist).
     ``contact_fields``
         The provider field names ``project`` may produce.
+    ``group_fields``
+        The canonical group attributes the provider stores (SendHub groups have no description).
     """
 
     list_contacts: bool
@@ -45,6 +47,7 @@ class Capabilities:
     member_changes: bool
     opt_out_outbound: bool
     contact_fields: frozenset[str]
+    group_fields: frozenset[str] = frozenset({"name", "description"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -241,6 +241,7 @@ class SendHubProvider:
             opt_out_outbound=False,
             # Plus any custom field not in RESERVED: SendHub stores every extra key.
             contact_fields=frozenset({"number", "name", "email"}),
+            group_fields=frozenset({"name"}),  # SendHub groups have no description
         )
         self.default_region = default_region
         self._secret = settings.api_key.get()

@@ -225,7 +225,9 @@ def _unlinked(entity, base, local, remote, p: Policy) -> Iterator[Operation]:
     by_key: dict[str, list[LocalRecord]] = {}
     for rec in free_local.values():
         by_key.setdefault(rec.key, []).append(rec)
-    claimed_keys: dict[str, str] = {}
+    # keys already taken by a linked pair: another remote record with that key is a duplicate
+    claimed_keys: dict[str, str] = {rec.key: base[cid].remote_id for cid, rec in local.items()
+                    if cid in base and base[cid].remote_id in remote}
     for rid in sorted(r for r in remote if r not in linked_remote):
         rem = remote[rid]
         if rem.key in claimed_keys:

@@ -1,0 +1,87 @@
+"""The engine-facing commands: sync, plan, resolve."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import click
+
+from syncd.cli.views import render_table
+
+if TYPE_CHECKING:
+    from syncd.cli import AppContext
+    from syncd.sync.run import RunReport
+
+__all__ = ["print_plan", "print_summary", "resolve_conflict", "run_plan", "run_sync"]
+
+SUMMARY_KEYS = ("pulled", "created_in", "updated_in", "deleted_in", "created_out", "updated_out", "deleted_out",
+                "conflicts", "rejected", "failed")
+
+
+def _check_names(app: AppContext, names: tuple[str, ...]) -> None:
+    known = {p.name for p in app.config.providers}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise click.UsageError(f"unknown provider {', '.join(unknown)} (configured: {', '.join(sorted(known))})")
+
+
+def run_sync(app: AppContext, providers: tuple[str, ...], *, dry_run: bool, allow_mass_delete: bool) -> int:
+    if dry_run:
+        return run_plan(app, providers, detailed_exitcode=False)
+    from syncd.sync.run import run_once
+
+    _check_names(app, providers)
+    report = asyncio.run(run_once(app.config, app.engine(), only=providers, allow_mass_delete=allow_mass_delete))
+    print_summary(report)
+    return 1 if report.failed else 0
+
+
+def run_plan(app: AppContext, providers: tuple[str, ...], *, detailed_exitcode: bool) -> int:
+    from syncd.sync.run import run_once
+
+    _check_names(app, providers)
+    report = asyncio.run(run_once(app.config, app.engine(), only=providers, dry_run=True))
+    print_plan(report)
+    if report.failed:
+        return 1
+    return 3 if detailed_exitcode and report.pending_changes else 0
+
+
+def print_summary(report: RunReport) -> None:
+    rows = [[p.name, p.status] + [p.counts.get(k, 0) for k in SUMMARY_KEYS] for p in report.providers]
+    click.echo(f"Run #{report.run_id}: {report.status}")
+    click.echo(render_table(["provider", "status", *SUMMARY_KEYS], rows))
+    for p in report.providers:
+        if p.error:
+            click.echo(f"error: {p.name}: {p.error}", err=True)
+        for op in p.plan:
+            if op.action.value == "guarded":
+                click.echo(f"guarded: {p.name}: {op.reason}", err=True)
+    if report.invalid:
+        click.echo(f"{len(report.invalid)} canonical record(s) skipped as invalid: see `syncd status`", err=True)
+
+
+def print_plan(report: RunReport) -> None:
+    rows = []
+    for p in report.providers:
+        if p.error:
+            click.echo(f"error: {p.name}: {p.error}", err=True)
+        for op in p.plan:
+            if op.is_change or op.action.value in ("conflict", "guarded", "duplicate") or op.skip_reason:
+                status = "held" if op.held else ("skip: " + op.skip_reason if op.skip_reason else "")
+                rows.append([p.name, op.direction.value, op.action.value, op.entity.value, op.key or op.remote_id,
+                             op.reason, status])
+    if not rows:
+        click.echo("Nothing to do: every provider is in step with the canonical book.")
+        return
+    click.echo(render_table(["provider", "direction", "action", "entity", "record", "why", ""], rows, max_width=90))
+    click.echo(f"\n{sum(1 for p in report.providers for op in p.plan if op.is_change)} change(s) pending.")
+
+
+def resolve_conflict(app: AppContext, change_id: int, keep: str) -> int:
+    from syncd.sync.resolve import resolve
+
+    message = resolve(app.engine(), change_id, keep)
+    click.echo(message)
+    return 0

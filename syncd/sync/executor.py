@@ -1,0 +1,299 @@
+"""Pushing one provider's outbound plan, crash-safely.
+
+Every operation is committed to ``change_log`` as ``pending`` before its
+request and settled (``applied``/``failed``/``rejected``/``skipped``) after,
+with the link (base) and mirror updated in the same transaction as the
+settlement. A run killed in between leaves ``pending`` rows; the next run marks
+them failed and re-plans from the provider's state, which the APIs make safe:
+smsend's upsert cannot duplicate, and a SendHub create of an existing number is
+answered "already in your contacts" and linked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from syncd.db.repo import LogEntry, Store
+from syncd.errors import AuthError, ProviderError, QuotaExhausted, Rejected
+from syncd.model import ContactWrite, RemoteContact, RemoteGroup, WriteOutcome, fingerprint
+from syncd.providers.base import Provider
+from syncd.sync.plan import Action, Direction, Entity, Operation, push_order
+from syncd.sync.reconcile import BaseRecord
+
+__all__ = ["Pusher", "RetryRules"]
+
+log = structlog.get_logger("syncd.push")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryRules:
+    """When a failed record is tried again: at the next run, then after growing waits, at most ``cap`` times."""
+
+    cap: int = 10
+    base: timedelta = timedelta(seconds=60)
+    ceiling: timedelta = timedelta(hours=6)
+
+    def next_attempt(self, attempts: int, now: datetime) -> datetime:
+        if attempts <= 1:
+            return now
+        return now + min(self.ceiling, self.base * 2 ** (attempts - 2))
+
+
+@dataclass
+class Pusher:
+    """Applies one provider's outbound operations in the design's order."""
+
+    provider: Provider
+    store: Store
+    run_id: int
+    links: dict[str, dict[int, BaseRecord]]
+    mirror: dict[str, RemoteContact]
+    counts: dict[str, int]
+    now: datetime
+    batch_size: int = 500
+    retry: RetryRules = field(default_factory=RetryRules)
+    ledger: dict[tuple[str, int | None, str | None], Any] = field(default_factory=dict)
+    fence: Callable[[], None] = lambda: None
+    stopping: Callable[[], bool] = lambda: False
+    stopped_by: ProviderError | None = None
+
+    @property
+    def name(self) -> str:
+        return self.provider.name
+
+    async def push(self, ops: Sequence[Operation]) -> None:
+        ordered = [op for op in push_order(ops) if self._due(op)]
+        self._log_skipped([op for op in ordered if op.held or op.skip_reason])
+        todo = [op for op in ordered if not (op.held or op.skip_reason) and op.action is not Action.UNLINK]
+        stages: list[tuple[Callable, list[Operation]]] = [
+            (self._groups, [op for op in todo if op.entity is Entity.GROUP and op.action is not Action.DELETE]),
+            (self._contacts_create, [op for op in todo if op.entity is Entity.CONTACT and op.action is Action.CREATE]),
+            (self._contacts_update, [op for op in todo if op.entity is Entity.CONTACT and op.action is Action.UPDATE]),
+            (self._contacts_delete, [op for op in todo if op.entity is Entity.CONTACT and op.action is Action.DELETE]),
+            (self._groups, [op for op in todo if op.entity is Entity.GROUP and op.action is Action.DELETE]),
+        ]
+        for stage, stage_ops in stages:
+            if stage_ops and not self._halted():
+                await stage(stage_ops)
+
+    def _halted(self) -> bool:
+        return self.stopped_by is not None or self.stopping()
+
+    # -- filtering ----------------------------------------------------------------
+
+    def _due(self, op: Operation) -> bool:
+        """Skip records waiting for a change (rejected) or backing off (failed)."""
+        row = self.ledger.get((op.entity.value, op.canonical_id, None if op.canonical_id else op.remote_id))
+        if row is None:
+            return True
+        if row.status == "rejected":
+            return row.fingerprint != fingerprint(op.after or {})
+        if row.attempts >= self.retry.cap:
+            return False
+        return row.next_attempt_at is None or row.next_attempt_at <= self.now
+
+    def _log_skipped(self, ops: list[Operation]) -> None:
+        if ops:
+            with self.store.session() as s, s.begin():
+                self.store.log(s, self.run_id, [LogEntry(op, self.name, "skipped", error=op.skip_reason or "held")
+                                                for op in ops])
+
+    # -- the pending -> request -> settled cycle ----------------------------------
+
+    def _pending(self, ops: Sequence[Operation]) -> list[int]:
+        with self.store.session() as s, s.begin():
+            return self.store.log(s, self.run_id, [LogEntry(op, self.name, "pending") for op in ops])
+
+    def _settle_error(self, s, op: Operation, entry_id: int, error: Exception) -> None:
+        if isinstance(error, (AuthError, QuotaExhausted)) and self.stopped_by is None:
+            self.stopped_by = error
+        if isinstance(error, Rejected):
+            self.store.settle(s, [entry_id], "rejected", error=str(error), fingerprint=fingerprint(op.after or {}))
+            self.counts["rejected"] = self.counts.get("rejected", 0) + 1
+        else:
+            previous = self.ledger.get((op.entity.value, op.canonical_id, None if op.canonical_id else op.remote_id))
+            attempts = (previous.attempts if previous is not None else 0) + 1
+            self.store.settle(s, [entry_id], "failed", error=str(error), attempts=attempts,
+                              next_attempt_at=self.retry.next_attempt(attempts, self.now))
+            self.counts["failed"] = self.counts.get("failed", 0) + 1
+        log.warning("push.failed", provider=self.name, entity=op.entity.value, action=op.action.value,
+                    canonical_id=op.canonical_id, remote_id=op.remote_id, error=str(error))
+
+    def _count(self, op: Operation) -> None:
+        key = {"create": "created_out", "update": "updated_out", "delete": "deleted_out"}[op.action.value]
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    # -- groups ---------------------------------------------------------------------
+
+    async def _groups(self, ops: list[Operation]) -> None:
+        for op in ops:
+            if self._halted():
+                return
+            [entry] = self._pending([op])
+            try:
+                remote_id = await self._group_request(op)
+            except ProviderError as exc:
+                self.fence()
+                with self.store.session() as s, s.begin():
+                    self._settle_error(s, op, entry, exc)
+                continue
+            self.fence()
+            with self.store.session() as s, s.begin():
+                self.store.settle(s, [entry], "applied", remote_id=remote_id)
+                links = self.links["group"]
+                if op.action is Action.DELETE:
+                    links.pop(op.canonical_id, None)
+                    self.store.drop_link(s, self.name, "group", op.canonical_id, op.remote_id)
+                    self.store.drop_mirror(s, self.name, contacts=False, remote_id=op.remote_id)
+                else:
+                    after = op.after or {}
+                    links[op.canonical_id] = BaseRecord(remote_id, dict(after))
+                    self.store.set_link(s, self.name, "group", op.canonical_id, remote_id, after)
+                    self.store.put_mirror(s, self.name, group=RemoteGroup(remote_id, after.get("name", ""),
+                                                                          after.get("description", "")))
+            self._count(op)
+
+    async def _group_request(self, op: Operation) -> str:
+        after = op.after or {}
+        if op.action is Action.CREATE:
+            return await self.provider.create_group(after.get("name", ""), after.get("description", ""))
+        if op.action is Action.UPDATE:
+            await self.provider.update_group(op.remote_id, after.get("name", ""), after.get("description", ""))
+        else:
+            await self.provider.delete_group(op.remote_id)
+        return op.remote_id
+
+    # -- contacts ---------------------------------------------------------------------
+
+    def _write(self, op: Operation, fields: dict[str, Any] | None = None) -> ContactWrite:
+        fields = dict(op.after if fields is None else fields)
+        to_remote = {gid: link.remote_id for gid, link in self.links["group"].items()}
+        groups = {to_remote[g] for g in fields.pop("groups", []) if g in to_remote}
+        current = self.mirror.get(op.remote_id) if op.remote_id else None
+        if current is not None:  # keep memberships syncd does not manage (unlinked remote groups)
+            linked_remote = set(to_remote.values())
+            groups |= {g for g in current.groups if g not in linked_remote}
+        opted_out = bool(fields.pop("opted_out", False))
+        return ContactWrite(ref=op.canonical_id or 0, phone=op.key, fields=fields, groups=frozenset(groups),
+                            remote_id=op.remote_id, opted_out=opted_out)
+
+    async def _contacts_create(self, ops: list[Operation]) -> None:
+        await self._batched(ops, self.provider.create_contacts)
+
+    async def _contacts_update(self, ops: list[Operation]) -> None:
+        if self.provider.capabilities.member_changes:
+            only_groups = [op for op in ops if _only_groups_differ(op)]
+            rest = [op for op in ops if not _only_groups_differ(op)]
+            if only_groups:
+                await self._memberships(only_groups)
+            ops = rest
+        await self._batched(ops, self.provider.update_contacts)
+
+    async def _contacts_delete(self, ops: list[Operation]) -> None:
+        await self._batched(ops, self.provider.delete_contacts, fields_of=lambda op: op.before or {})
+
+    async def _batched(self, ops: list[Operation], call, fields_of=None) -> None:
+        size = max(1, self.batch_size)
+        batches = [ops[i:i + size] for i in range(0, len(ops), size)]
+        # One batch at a time keeps pending rows few; the client runs each batch's requests concurrently.
+        for batch in batches:
+            if self._halted():
+                return
+            entries = self._pending(batch)
+            writes = [self._write(op, fields_of(op) if fields_of else None) for op in batch]
+            try:
+                outcomes = await call(writes)
+            except ProviderError as exc:
+                outcomes = [WriteOutcome(w.ref, error=exc) for w in writes]
+            self._settle_contacts(batch, entries, writes, outcomes)
+
+    def _settle_contacts(self, ops, entries, writes, outcomes: Sequence[WriteOutcome]) -> None:
+        self.fence()
+        with self.store.session() as s, s.begin():
+            for op, entry, write, outcome in zip(ops, entries, writes, outcomes, strict=True):
+                if outcome.error is not None:
+                    self._settle_error(s, op, entry, outcome.error)
+                    continue
+                remote_id = outcome.remote_id or op.remote_id
+                self.store.settle(s, [entry], "applied", remote_id=remote_id,
+                                  error=outcome.note or None)
+                self._record_contact(s, op, write, remote_id)
+                self._count(op)
+
+    def _record_contact(self, s, op: Operation, write: ContactWrite, remote_id: str) -> None:
+        links = self.links["contact"]
+        if op.action is Action.DELETE:
+            links.pop(op.canonical_id, None)
+            self.store.drop_link(s, self.name, "contact", op.canonical_id, remote_id)
+            self.store.drop_mirror(s, self.name, contacts=True, remote_id=remote_id)
+            self.mirror.pop(remote_id, None)
+            return
+        after = dict(op.after or {})
+        links[op.canonical_id] = BaseRecord(remote_id, after)
+        self.store.set_link(s, self.name, "contact", op.canonical_id, remote_id, after)
+        mirrored = RemoteContact(remote_id, write.phone, dict(write.fields), write.groups, write.opted_out)
+        self.mirror[remote_id] = mirrored
+        self.store.put_mirror(s, self.name, contact=mirrored)
+
+    async def _memberships(self, ops: list[Operation]) -> None:
+        """Contacts whose groups alone changed: per-group add/remove calls (SendHub)."""
+        to_remote = {gid: link.remote_id for gid, link in self.links["group"].items()}
+        changes: dict[str, tuple[set[str], set[str]]] = {}
+        member_ops: list[Operation] = []
+        for op in ops:
+            before, after = set(op.before.get("groups", [])), set(op.after.get("groups", []))
+            for gid in sorted(after - before):
+                member_ops.append(_membership_op(op, gid, Action.CREATE))
+            for gid in sorted(before - after):
+                member_ops.append(_membership_op(op, gid, Action.DELETE))
+        entries = self._pending(member_ops)
+        for mop in member_ops:
+            rgid = to_remote.get(mop.extra["group"])
+            if rgid is not None:
+                add, remove = changes.setdefault(rgid, (set(), set()))
+                (add if mop.action is Action.CREATE else remove).add(mop.remote_id)
+        results = await asyncio.gather(*(self._change_group(rgid, add, remove) for rgid, (add, remove) in changes.items()))
+        errors = {(rgid, cid): err for rgid, errs in results for cid, err in errs.items()}
+        failed_contacts = set()
+        self.fence()
+        with self.store.session() as s, s.begin():
+            for mop, entry in zip(member_ops, entries, strict=True):
+                rgid = to_remote.get(mop.extra["group"])
+                error = errors.get((rgid, mop.remote_id)) if rgid else Rejected(
+                    "the group is not linked at this provider", provider=self.name, operation="change membership")
+                if error is not None:
+                    failed_contacts.add(mop.canonical_id)
+                    self._settle_error(s, mop, entry, error)
+                else:
+                    self.store.settle(s, [entry], "applied")
+            for op in ops:
+                if op.canonical_id not in failed_contacts:
+                    write = self._write(op)
+                    self._record_contact(s, op, write, op.remote_id)
+                    self._count(op)
+
+    async def _change_group(self, rgid: str, add: set[str], remove: set[str]) -> tuple[str, dict[str, Exception]]:
+        try:
+            outcome = await self.provider.change_members(rgid, sorted(add), sorted(remove))
+        except ProviderError as exc:
+            return rgid, {cid: exc for cid in add | remove}
+        return rgid, dict(outcome.errors)
+
+
+def _only_groups_differ(op: Operation) -> bool:
+    before = {k: v for k, v in (op.before or {}).items() if k != "groups"}
+    after = {k: v for k, v in (op.after or {}).items() if k != "groups"}
+    return before == after and op.remote_id is not None
+
+
+def _membership_op(op: Operation, gid: int, action: Action) -> Operation:
+    verb = "added to" if action is Action.CREATE else "removed from"
+    return Operation(action, Entity.MEMBERSHIP, Direction.OUTBOUND, f"{op.reason}: {verb} group {gid}",
+                     canonical_id=op.canonical_id, remote_id=op.remote_id, key=op.key,
+                     before=None, after={"group": gid}, extra={"group": gid})

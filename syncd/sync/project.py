@@ -1,0 +1,58 @@
+"""Reconcile inputs for one provider: canonical and mirror records in its field space."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from syncd.model import Contact, Group, RemoteContact, RemoteGroup
+from syncd.providers.base import Provider
+from syncd.sync.reconcile import BaseRecord, LocalRecord, RemoteRecord
+
+__all__ = ["contact_fields", "group_fields", "local_contacts", "local_groups", "remote_contacts", "remote_groups"]
+
+
+def contact_fields(provider: Provider, contact: Contact) -> dict:
+    """The contact's projection, with its groups (canonical ids) and, where the provider holds it, its opt-out."""
+    fields = dict(provider.project(contact))
+    fields["groups"] = sorted(contact.groups)
+    if provider.capabilities.opt_out_outbound and contact.opted_out:
+        fields["opted_out"] = True
+    return fields
+
+
+def group_fields(provider: Provider, name: str, description: str) -> dict:
+    wanted = provider.capabilities.group_fields
+    fields = {"name": name}
+    if "description" in wanted and description:
+        fields["description"] = description
+    return fields
+
+
+def local_contacts(provider: Provider, contacts: Mapping[int, Contact]) -> dict[int, LocalRecord]:
+    return {cid: LocalRecord(cid, c.phone, contact_fields(provider, c), c.opted_out, c.updated_at)
+            for cid, c in contacts.items()}
+
+
+def local_groups(provider: Provider, groups: Mapping[int, Group]) -> dict[int, LocalRecord]:
+    return {gid: LocalRecord(gid, g.key, group_fields(provider, g.name, g.description), False, g.updated_at)
+            for gid, g in groups.items()}
+
+
+def remote_contacts(provider: Provider, mirror: Mapping[str, RemoteContact],
+                    group_links: Mapping[int, BaseRecord]) -> dict[str, RemoteRecord]:
+    """Mirror contacts with their remote group ids translated to canonical ids (unlinked groups dropped)."""
+    to_canonical = {link.remote_id: gid for gid, link in group_links.items()}
+    reports_opt_out = not provider.capabilities.opt_out_outbound
+    out = {}
+    for rid, rc in mirror.items():
+        fields = dict(rc.fields)
+        fields["groups"] = sorted(to_canonical[g] for g in rc.groups if g in to_canonical)
+        if not reports_opt_out and rc.opted_out:
+            fields["opted_out"] = True
+        out[rid] = RemoteRecord(rid, rc.phone, fields, rc.opted_out and reports_opt_out, rc.modified_at)
+    return out
+
+
+def remote_groups(provider: Provider, mirror: Mapping[str, RemoteGroup]) -> dict[str, RemoteRecord]:
+    return {rid: RemoteRecord(rid, g.key, group_fields(provider, g.name, g.description), False, g.modified_at)
+            for rid, g in mirror.items()}

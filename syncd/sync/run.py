@@ -1,0 +1,213 @@
+"""One sync run: pull every provider, reconcile, apply inbound, push outbound, record.
+
+``run_once`` is the single code path of ``syncd sync``, ``syncd plan`` (a dry
+run: the same pull and plan, nothing written anywhere) and the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from sqlalchemy import Engine
+
+from syncd.config import Config, ProviderSettings
+from syncd.db.repo import Book, LogEntry, Store, utcnow
+from syncd.errors import ProviderError, Unsupported
+from syncd.model import RemoteContact, RemoteGroup
+from syncd.providers import build_provider
+from syncd.providers.base import Provider
+from syncd.sync import project
+from syncd.sync.executor import Pusher
+from syncd.sync.inbound import InboundApplier
+from syncd.sync.plan import Action, Direction, Entity, Operation, guard
+from syncd.sync.reconcile import BaseRecord, Policy, reconcile
+
+__all__ = ["ProviderReport", "RunReport", "run_once"]
+
+log = structlog.get_logger("syncd.run")
+
+
+@dataclass
+class ProviderReport:
+    """What one run did with one provider account."""
+
+    name: str
+    status: str = "ok"  # ok | failed | skipped
+    error: str | None = None
+    complete: bool = False
+    counts: dict[str, int] = field(default_factory=dict)
+    plan: list[Operation] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {"status": self.status, "error": self.error, **self.counts}
+
+
+@dataclass
+class RunReport:
+    run_id: int
+    status: str
+    providers: list[ProviderReport]
+    invalid: list[tuple[int, str, str]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return any(p.status == "failed" or p.counts.get("failed") for p in self.providers)
+
+    @property
+    def pending_changes(self) -> int:
+        return sum(1 for p in self.providers for op in p.plan if op.is_change)
+
+
+@dataclass
+class _Account:
+    settings: ProviderSettings
+    client: Provider
+    report: ProviderReport
+    policy: Policy
+    groups: dict[str, RemoteGroup] = field(default_factory=dict)
+    contacts: dict[str, RemoteContact] = field(default_factory=dict)
+    links: dict[str, dict[int, BaseRecord]] = field(default_factory=dict)
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def run_once(config: Config, engine: Engine, *, only: Sequence[str] = (), trigger: str = "manual",
+                   dry_run: bool = False, allow_mass_delete: bool = False,
+                   client_options: dict[str, dict[str, Any]] | None = None,
+                   stopping: Callable[[], bool] = lambda: False,
+                   fence_for: Callable[[str], Callable[[], None]] | None = None) -> RunReport:
+    """Run one full sync (or, with ``dry_run``, plan it) and report per provider."""
+    store = Store(engine, dry_run=dry_run)
+    chosen = [p for p in config.providers if p.enabled and (not only or p.name in only)]
+    run_id = store.start_run(trigger, owner_id())
+    structlog.contextvars.bind_contextvars(run_id=run_id)
+    accounts = [_account(config, p, (client_options or {}).get(p.name, {})) for p in chosen]
+    try:
+        store.settle_interrupted(a.settings.name for a in accounts)
+        await asyncio.gather(*(_pull(store, run_id, a) for a in accounts))
+        book = store.load_book(config.sync.default_region)
+        _report_invalid(store, run_id, book)
+        ready = [a for a in accounts if a.report.complete]
+        for a in ready:
+            a.links = {e: store.load_links(a.settings.name, e) for e in ("group", "contact")}
+        touched: dict[int, dict[str, str]] = {}
+        for entity in (Entity.GROUP, Entity.CONTACT):
+            for a in ready:
+                _inbound(store, run_id, book, a, entity, touched, config, allow_mass_delete)
+        writable = [a for a in ready if a.settings.mode != "pull"]
+        await asyncio.gather(*(_outbound(store, run_id, book, a, config, allow_mass_delete, stopping,
+                                         fence_for(a.settings.name) if fence_for else (lambda: None))
+                               for a in writable))
+    finally:
+        await asyncio.gather(*(a.client.aclose() for a in accounts), return_exceptions=True)
+        structlog.contextvars.unbind_contextvars("run_id")
+    reports = [a.report for a in accounts]
+    status = _run_status(reports)
+    store.finish_run(run_id, status, {"providers": {r.name: r.summary() for r in reports}})
+    return RunReport(run_id, status, reports, book.invalid)
+
+
+def _account(config: Config, settings: ProviderSettings, options: dict[str, Any]) -> _Account:
+    client = build_provider(settings, default_region=config.sync.default_region, **options)
+    policy = Policy(settings.name, conflict=config.conflict_for(settings), mode=settings.mode)
+    return _Account(settings, client, ProviderReport(settings.name), policy)
+
+
+def _run_status(reports: list[ProviderReport]) -> str:
+    failed = [r for r in reports if r.status == "failed" or r.counts.get("failed")]
+    if not failed:
+        return "ok"
+    return "failed" if len(failed) == len(reports) else "partial"
+
+
+# -- pull ------------------------------------------------------------------------
+
+
+async def _pull(store: Store, run_id: int, a: _Account) -> None:
+    name = a.settings.name
+    try:
+        known = store.mirror_fingerprints(name, contacts=False)
+        async for page in a.client.groups():
+            store.write_mirror(name, groups=page, known=known)
+            a.groups.update((g.remote_id, g) for g in page)
+        if a.client.capabilities.list_contacts:
+            known = store.mirror_fingerprints(name, contacts=True)
+            async for page in a.client.contacts():
+                store.write_mirror(name, contacts=page, known=known)
+                a.contacts.update((c.remote_id, c) for c in page)
+        else:
+            a.contacts = store.load_mirror_contacts(name)  # what syncd last wrote (outbound-only contacts)
+    except (ProviderError, Unsupported) as exc:
+        a.report.status, a.report.error = "failed", str(exc)
+        store.record_pull(name, run_id, False, str(exc))
+        log.error("pull.failed", provider=name, error=str(exc))
+        return
+    store.prune_mirror(name, contacts=False, keep=a.groups)
+    if a.client.capabilities.list_contacts:
+        store.prune_mirror(name, contacts=True, keep=a.contacts)
+    a.report.complete = True
+    a.report.counts["pulled"] = len(a.groups) + (len(a.contacts) if a.client.capabilities.list_contacts else 0)
+    store.record_pull(name, run_id, True, None)
+    log.info("pull.done", provider=name, groups=len(a.groups), contacts=len(a.contacts))
+
+
+# -- reconcile ---------------------------------------------------------------------
+
+
+def _plan(book: Book, a: _Account, entity: Entity, config: Config, allow: bool) -> list[Operation]:
+    c = a.client
+    if entity is Entity.GROUP:
+        local, remote = project.local_groups(c, book.groups), project.remote_groups(c, a.groups)
+    else:
+        local = project.local_contacts(c, book.contacts)
+        remote = project.remote_contacts(c, a.contacts, a.links["group"])
+    ops = reconcile(entity, a.links[entity.value], local, remote, a.policy)
+    canonical = len(book.groups) if entity is Entity.GROUP else len(book.contacts)
+    return guard(ops, entity=entity, linked=len(a.links[entity.value]), canonical=canonical,
+                 max_fraction=config.sync.max_delete_fraction, allow=allow, provider=a.settings.name)
+
+
+def _inbound(store: Store, run_id: int, book: Book, a: _Account, entity: Entity,
+             touched: dict[int, dict[str, str]], config: Config, allow: bool) -> None:
+    ops = [op for op in _plan(book, a, entity, config, allow)
+           if op.direction is Direction.INBOUND or op.action is Action.UNLINK]
+    a.report.plan.extend(op for op in ops if op.action is not Action.UNLINK)
+    InboundApplier(store, run_id, book, a.links, a.client, touched, a.report.counts).apply(ops)
+
+
+async def _outbound(store: Store, run_id: int, book: Book, a: _Account, config: Config, allow: bool,
+                    stopping: Callable[[], bool], fence: Callable[[], None]) -> None:
+    ops = [op for entity in (Entity.GROUP, Entity.CONTACT) for op in _plan(book, a, entity, config, allow)
+           if op.direction is Direction.OUTBOUND and op.action is not Action.UNLINK]
+    a.report.plan.extend(ops)
+    if store.dry_run:
+        return
+    pusher = Pusher(a.client, store, run_id, a.links, a.contacts, a.report.counts, utcnow(),
+                    batch_size=a.settings.batch_size, ledger=store.retry_ledger(a.settings.name),
+                    fence=fence, stopping=stopping)
+    await pusher.push(ops)
+    if pusher.stopped_by is not None:
+        a.report.status, a.report.error = "failed", str(pusher.stopped_by)
+
+
+def _report_invalid(store: Store, run_id: int, book: Book) -> None:
+    """Canonical rows syncd cannot sync: reported once each in the change log (provider ``*``)."""
+    if not book.invalid:
+        return
+    done = store.invalid_logged()
+    fresh = [(cid, f, reason) for cid, f, reason in book.invalid if (cid, f"{f}: {reason}") not in done]
+    for cid, f, reason in fresh:
+        log.warning("canonical.invalid", canonical_id=cid, field=f, error=reason)
+    if fresh:
+        with store.session() as s, s.begin():
+            store.log(s, run_id, [LogEntry(Operation(Action.UPDATE, Entity.CONTACT, Direction.OUTBOUND,
+                                                     "canonical record cannot be synced", canonical_id=cid),
+                                           "*", "rejected", error=f"{f}: {reason}") for cid, f, reason in fresh])
