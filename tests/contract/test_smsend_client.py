@@ -468,6 +468,53 @@ async def test_delete_removes_stale_temporary_groups_but_not_their_contacts(sim:
     assert sim.state.groups == {}
 
 
+class DropNextWriteAfter:
+    """ASGI wrapper: once a request matching ``method path-suffix`` reaches the app, drop the next write."""
+
+    def __init__(self, sim: SimulatorServer, method: str, suffix: str) -> None:
+        self.sim, self.app, self.method, self.suffix = sim, sim.middleware.app, method, suffix
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == self.method and scope["path"].endswith(self.suffix):
+            self.sim.faults.drop_next = 1  # drawn by the fault layer for the request after this one
+        await self.app(scope, receive, send)
+
+
+async def test_a_lost_temporary_group_delete_is_settled_by_listing(sim: SimulatorServer) -> None:
+    async with client(sim) as provider:
+        await provider.create_contacts(writes(3))
+        sim.middleware.app = DropNextWriteAfter(sim, "POST", "/contact")  # the DELETE after the upsert
+        outcomes = await provider.delete_contacts(writes(2))
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes]
+    assert [c.phone for c in sim.state.contacts.values()] == [PHONES[2]]
+    assert sim.state.groups == {}
+    assert await count(sim, "DELETE /API/v1.0/REST/group/{id}", 1) == 1  # found gone: not sent again
+    assert [status for method, _, status in sim.request_log if method == "DELETE"] == [None]  # it was lost
+    assert await count(sim, "GET /API/v1.0/REST/groups", 2) == 2  # stale clean-up, then the check
+
+
+async def test_a_lost_temporary_group_create_fails_the_deletion_and_is_cleaned_up_next_time(
+        sim: SimulatorServer) -> None:
+    async with client(sim) as provider:
+        await provider.create_contacts(writes(3))
+        sim.faults.drop_next = 1
+        failed = await provider.delete_contacts(writes(1))
+        assert isinstance(failed[0].error, UnknownOutcome)
+        [stale] = sim.state.groups.values()  # created, but its id never reached syncd
+        assert stale.name.startswith(TEMP_GROUP_PREFIX)
+        again = await provider.delete_contacts(writes(1))
+    assert again[0].ok
+    assert sim.state.groups == {}
+    assert sorted(c.phone for c in sim.state.contacts.values()) == PHONES[1:3]
+
+
+async def test_a_404_outside_login_is_an_auth_error_pointing_at_user_key_and_base_url(sim: SimulatorServer) -> None:
+    async with client(sim, base_url=sim.root_url + "/API/v1.0/NOPE") as provider:
+        with pytest.raises(AuthError, match="user_key") as caught:
+            await provider.create_group("A", "")
+    assert "base_url" in str(caught.value) and caught.value.status == 404
+
+
 async def test_what_smsend_cannot_do_is_unsupported(sim: SimulatorServer) -> None:
     async with client(sim) as provider:
         with pytest.raises(Unsupported):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from syncd.config import ProviderSettings, Secret
-from syncd.errors import ConfigError, Rejected
+from syncd.errors import AuthError, ConfigError, NotFound, RateLimited, Rejected
 from syncd.model import Contact, ContactWrite
+from syncd.providers.smsend import _make_error_mapper
 from syncd.providers.smsend import CAPABILITIES, CONTACT_FIELDS, EXTRA_FIELDS, SmsendProvider, validate_contact
 
 
@@ -153,3 +155,27 @@ def test_contacts_listing_is_unsupported(provider: SmsendProvider) -> None:
 
     with pytest.raises(Unsupported, match="no contact listing"):
         provider.contacts()
+
+
+def _answer(method: str, path: str, status: int, body: bytes, **headers: str):
+    request = httpx.Request(method, "https://app.gateway.smsend.it/API/v1.0/REST" + path)
+    response = httpx.Response(status, content=body, headers=headers, request=request)
+    return _make_error_mapper(["s3cret-pass"])(response, provider="smsend-test", operation="op", record="rec")
+
+
+def test_status_mapping_reads_smsend_conventions() -> None:
+    assert _answer("POST", "/group", 201, b"") is None
+    rejected = _answer("POST", "/contact", 400, b'{"error": "contacts[3].zip: longer than 16 characters", "code": 10}')
+    assert isinstance(rejected, Rejected) and rejected.field == "zip"
+    assert rejected.reason == "contacts[3].zip: longer than 16 characters"  # smsend's words, not the JSON
+    assert isinstance(_answer("GET", "/login", 404, b"Credentials are incorrect"), AuthError)
+    assert isinstance(_answer("GET", "/groups", 404, b"The User_key was not found"), AuthError)
+    assert isinstance(_answer("GET", "/contact/abc", 404, b"The given contactid was not found"), NotFound)
+    throttled = _answer("GET", "/groups", 429, b"slow down", **{"Retry-After": "3"})
+    assert isinstance(throttled, RateLimited) and throttled.retry_after == 3
+
+
+def test_a_secret_echoed_in_an_error_body_is_never_quoted() -> None:
+    for status in (400, 401, 404, 500):
+        error = _answer("GET", "/login", status, b"bad password s3cret-pass for simuser")
+        assert "s3cret-pass" not in str(error) and "[redacted]" in str(error)
