@@ -23,7 +23,8 @@ open, made here and followed by the client:
   ``offset + limit >= total_count``; ``meta.previous`` is null when
   ``offset - limit < 0`` (Tastypie's quirk). Both are relative
   ``/api/v1/...`` URLs carrying the request's other query parameters.
-  Objects are ordered by id, which grows with creation, so offset paging is stable.
+  Objects come in creation order, which is id order (generated ids grow), so
+  offset paging is stable.
 * **Filters**: ``number`` (exact, E.164, e.g. ``%2B16501234567``) on contact
   lists; any other *field of the resource* as a query parameter is 400
   ``text/html`` "The 'X' field does not allow filtering."; other unknown
@@ -321,17 +322,29 @@ class SendHubAccount:
     # -- contacts -----------------------------------------------------------------
 
     def add_contact(
-        self, name: str, number: str | int, *, groups: Iterable[str] = (), blocked: bool = False, **extra: Any
+        self,
+        name: str,
+        number: str | int,
+        *,
+        groups: Iterable[str] = (),
+        blocked: bool = False,
+        contact_id: str | None = None,
+        **extra: Any,
     ) -> Contact:
-        """Create a contact "at the provider" (no HTTP); ValueError on a bad or taken number."""
-        normal = normalise_number(number)
-        if normal is None:
-            raise ValueError(f"{number!r}: {BAD_NUMBER}")
+        """Create a contact "at the provider" (no HTTP); ValueError on a bad or taken number.
+
+        ``contact_id`` forces the id (to replay a document's example verbatim); it is
+        listed in creation order like any other.
+        """
+        normal = self._valid_number(number)
+        groups = tuple(str(g) for g in groups)
         with self.lock:
             self._check_groups_exist(groups)
             if normal in self._by_number:
                 raise ValueError(f"{normal}: {DUPLICATE_NUMBER}")
-            contact = self._insert(ContactInput(name, normal, tuple(groups), extra), self.now())
+            if contact_id is not None and (contact_id in self.contacts or not _DIGITS.fullmatch(contact_id)):
+                raise ValueError(f"contact id {contact_id!r} is taken or not a string of digits")
+            contact = self._insert(ContactInput(name, normal, groups, extra), self.now(), contact_id)
             contact.blocked = blocked
             return contact
 
@@ -350,7 +363,7 @@ class SendHubAccount:
             data = ContactInput(
                 name=contact.name if name is _UNSET else name,
                 number=contact.number if number is _UNSET else self._valid_number(number),
-                groups=tuple(contact.groups if groups is _UNSET else groups),
+                groups=tuple(str(g) for g in (contact.groups if groups is _UNSET else groups)),
                 extra={k: v for k, v in {**contact.extra, **extra}.items() if v is not None},
             )
             self._check_groups_exist(data.groups)
@@ -401,9 +414,9 @@ class SendHubAccount:
         if missing:
             raise ValueError(f"no such group(s): {', '.join(missing)}")
 
-    def _insert(self, data: ContactInput, now: str) -> Contact:
+    def _insert(self, data: ContactInput, now: str, contact_id: str | None = None) -> Contact:
         contact = Contact(
-            id=self._new_id(), name=data.name, number=data.number, extra=data.extra,
+            id=contact_id or self._new_id(), name=data.name, number=data.number, extra=data.extra,
             groups=set(data.groups), date_created=now, date_modified=now,
         )  # fmt: skip
         for group_id in contact.groups:
@@ -428,15 +441,23 @@ class SendHubAccount:
     # -- groups ----------------------------------------------------------------------
 
     def add_group(
-        self, name: str, *, slug: str | None = None, text_to_subscribe: bool = False, join_message: str | None = None
+        self,
+        name: str,
+        *,
+        slug: str | None = None,
+        text_to_subscribe: bool = False,
+        join_message: str | None = None,
+        group_id: str | None = None,
     ) -> Group:
-        """Create a group "at the provider"; ValueError on a duplicate name."""
+        """Create a group "at the provider"; ValueError on a duplicate name. ``group_id`` forces the id."""
         with self.lock:
             if self.group_named(name) is not None:
                 raise ValueError(f"{name!r}: {DUPLICATE_GROUP}")
+            if group_id is not None and (group_id in self.groups or not _DIGITS.fullmatch(group_id)):
+                raise ValueError(f"group id {group_id!r} is taken or not a string of digits")
             now = self.now()
             group = Group(
-                id=self._new_id(), name=name, slug=slug or self.free_slug(name),
+                id=group_id or self._new_id(), name=name, slug=slug or self.free_slug(name),
                 text_to_subscribe=text_to_subscribe, join_message=join_message or DEFAULT_JOIN_MESSAGE,
                 date_created=now, date_modified=now,
             )  # fmt: skip
