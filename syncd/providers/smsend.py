@@ -33,6 +33,10 @@ Status codes: 401 is refused credentials; 404 means "the user_key was not
 found" (or, on login, "credentials are incorrect"), so it is an
 :class:`~syncd.errors.AuthError` too, except on ``GET /contact/{id}``; 400 is a
 :class:`~syncd.errors.Rejected` carrying smsend's own message.
+
+The whole client lives here (one module per provider), in reading order:
+validation and mapping (pure), status mapping, authentication, groups, contact
+writes.
 """
 
 from __future__ import annotations
