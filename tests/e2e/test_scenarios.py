@@ -79,3 +79,158 @@ def test_sql_edits_are_carried_to_both_providers(world: World):
     assert len(sh["+16502530011"]["groups"]) == 1 and len(sm["+16502530011"]["groupIds"]) == 1
     assert "+16502530012" not in sh and "+16502530012" not in sm
     assert world.sync().pending_changes == 0
+
+
+def seed_sendhub(world: World, n: int) -> list[str]:
+    numbers = [f"+1650253{i:04d}" for i in range(n)]
+    for i, number in enumerate(numbers):
+        world.sendhub.state.add_contact(f"Person {i}", number)
+    return numbers
+
+
+class TestBothSidesChanged:
+    def setup_world(self, world: World, policy: str) -> str:
+        world.reconfigure(conflict=policy)
+        seed_sendhub(world, 4)
+        world.sync()
+        contact = world.sendhub.state.find("+16502530001")
+        world.sendhub.state.edit_contact(contact.id, name="Remote Name", city="Boston")
+        world.sql("UPDATE contacts SET name = 'Local', surname = 'Name', email = 'l@x.org' WHERE phone = '+16502530001'")
+        return contact.id
+
+    def test_different_fields_merge(self, world: World):
+        self.setup_world(world, "local")
+        world.sync()
+        [row] = world.sql("SELECT name, surname, email, extra FROM contacts WHERE phone = '+16502530001'")
+        assert (row.name, row.surname, row.email) == ("Local", "Name", "l@x.org")
+        extra = row.extra if isinstance(row.extra, dict) else __import__("json").loads(row.extra)
+        assert extra.get("city") == "Boston"  # changed only remotely: kept
+        sh = world.sendhub.state.find("+16502530001")
+        assert sh.name == "Local Name" and sh.extra.get("email") == "l@x.org" and sh.extra.get("city") == "Boston"
+
+    def test_remote_policy_keeps_the_provider_value(self, world: World):
+        self.setup_world(world, "remote")
+        world.sync()
+        [row] = world.sql("SELECT name, surname FROM contacts WHERE phone = '+16502530001'")
+        assert (row.name, row.surname) == ("Remote", "Name")
+        [sm] = world.smsend.state.contacts_by_phone("+16502530001")
+        assert sm.fields["name"] == "Remote"
+
+    def test_manual_policy_holds_until_resolved_and_logs_both_versions(self, world: World):
+        from syncd.sync.resolve import resolve
+
+        self.setup_world(world, "manual")
+        world.sync()
+        [conflict] = world.sql("SELECT id, before FROM change_log WHERE action = 'conflict' AND status = 'planned'")
+        before = conflict.before if isinstance(conflict.before, dict) else __import__("json").loads(conflict.before)
+        assert before["local"]["name"] == "Local Name" and before["remote"]["name"] == "Remote Name"
+        assert world.sendhub.state.find("+16502530001").name == "Remote Name"  # neither side changed
+        world.sync()  # still held, not logged twice
+        assert len(world.sql("SELECT id FROM change_log WHERE action = 'conflict' AND status = 'planned'")) == 1
+        resolve(world.engine, conflict.id, "remote")
+        world.sync()
+        [row] = world.sql("SELECT name, surname FROM contacts WHERE phone = '+16502530001'")
+        assert (row.name, row.surname) == ("Remote", "Name")
+
+
+def test_non_north_american_number_is_rejected_for_sendhub_only(world: World):
+    seed_sendhub(world, 3)
+    world.sql("INSERT INTO contacts (phone, name) VALUES ('+393471234567', 'Giulia')")
+    report = world.sync()
+    assert not report.failed
+    assert len(world.smsend.state.contacts_by_phone("+393471234567")) == 1
+    [row] = world.sql("SELECT status, error FROM change_log WHERE provider = 'sendhub' AND canonical_id = "
+                      "(SELECT id FROM contacts WHERE phone = '+393471234567')")
+    assert row.status == "rejected" and "10 digit" in row.error
+    assert len(smsend_numbers(world)) == 4
+    again = world.sync()  # rejected waits for a change: no new request
+    assert not again.failed
+    assert len(world.sql("SELECT id FROM change_log WHERE status = 'rejected'")) == 1
+
+
+def test_failing_list_page_deletes_nothing_and_fails_the_provider(world: World):
+    seed_sendhub(world, 30)
+    world.provider("sendhub", batch_size=100)
+    world.sync()
+    world.sendhub.faults.failing_pages = {1}
+    report = world.sync()
+    sendhub = next(p for p in report.providers if p.name == "sendhub")
+    assert report.failed and sendhub.status == "failed" and not sendhub.complete
+    assert len(canonical(world)) == 30 and len(smsend_numbers(world)) == 30
+
+
+def test_rejected_credentials_fail_one_provider_and_the_other_syncs(world: World):
+    seed_sendhub(world, 3)
+    world.smsend.faults.reject_credentials = True
+    report = world.sync()
+    by_name = {p.name: p for p in report.providers}
+    assert report.failed and by_name["smsend"].status == "failed" and "smsend" in by_name["smsend"].error
+    assert by_name["sendhub"].status == "ok" and len(canonical(world)) == 3
+
+
+def test_mass_deletion_is_guarded_until_allowed(world: World):
+    numbers = seed_sendhub(world, 8)
+    world.sync()
+    for number in numbers[:4]:
+        world.sendhub.state.delete_contact(world.sendhub.state.find(number).id)
+    report = world.sync()
+    assert len(canonical(world)) == 8
+    assert world.sql("SELECT count(*) FROM change_log WHERE action = 'guarded'")[0][0] >= 1
+    assert any(op.action.value == "guarded" for p in report.providers for op in p.plan)
+    world.sync(allow_mass_delete=True)
+    assert len(canonical(world)) == 4 and len(smsend_numbers(world)) == 4
+
+
+def test_blocked_at_sendhub_becomes_sticky_opt_out_and_smsend_blacklist(world: World):
+    seed_sendhub(world, 3)
+    world.sync()
+    world.sendhub.state.block("+16502530002")
+    world.sync()
+    assert world.sql("SELECT opted_out FROM contacts WHERE phone = '+16502530002'")[0][0]
+    assert "+16502530002" in world.smsend.state.blacklist
+    world.sendhub.state.unblock("+16502530002")
+    world.sync()
+    assert world.sql("SELECT opted_out FROM contacts WHERE phone = '+16502530002'")[0][0]
+
+
+def test_steady_state_sends_no_writes(world: World):
+    seed_sendhub(world, 25)
+    world.sql("INSERT INTO groups (name) VALUES ('Team')")
+    world.sync()
+    world.sync()
+    world.sendhub.reset_counts()
+    world.smsend.reset_counts()
+    report = world.sync()
+    assert report.pending_changes == 0
+    writes = [k for s in (world.sendhub, world.smsend) for k in s.request_counts() if not k.startswith("GET")]
+    assert writes == []
+    sendhub_gets = world.sendhub.request_counts()
+    assert sum(sendhub_gets.values()) == 2  # one contact page (limit 1000) and one group page
+
+
+def test_transient_failures_converge_without_duplicates(world: World):
+    seed_sendhub(world, 40)
+    world.sql("INSERT INTO contacts (phone, name) VALUES ('+14158675309', 'Jenny')")
+    for server in (world.sendhub, world.smsend):
+        server.faults.error_rate = 0.2
+    for _ in range(5):
+        report = world.sync()
+        if not report.failed and report.pending_changes == 0:
+            break
+    for server in (world.sendhub, world.smsend):
+        server.faults.error_rate = 0.0
+    assert world.sync().pending_changes == 0
+    assert max(sendhub_numbers(world).values()) == 1 and len(sendhub_numbers(world)) == 41
+    assert len(smsend_numbers(world)) == 41
+
+
+def test_dropped_responses_produce_no_duplicates(world: World):
+    for i in range(6):
+        world.sql(f"INSERT INTO contacts (phone, name) VALUES ('+1650253{i:04d}', 'P{i}')")
+    world.sendhub.faults.drop_next = 3
+    world.smsend.faults.drop_next = 1
+    world.sync()
+    world.sync()
+    assert world.sync().pending_changes == 0
+    assert sendhub_numbers(world) == Counter({f"+1650253{i:04d}": 1 for i in range(6)})
+    assert smsend_numbers(world) == Counter({f"+1650253{i:04d}": 1 for i in range(6)})
