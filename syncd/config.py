@@ -417,7 +417,8 @@ def _http_url(value: object) -> str:
     except ValueError:
         raise _Invalid("is not a valid URL") from None
     if parts.scheme not in ("http", "https"):
-        raise _Invalid(f"must be an http:// or https:// URL, found {_show(parts.scheme + ':') if parts.scheme else 'no scheme'}")
+        found = _show(parts.scheme + ":") if parts.scheme else "no scheme"
+        raise _Invalid(f"must be an http:// or https:// URL, found {found}")
     if not parts.hostname:
         raise _Invalid("must name a host (https://host/…)")
     return text

@@ -491,6 +491,24 @@ def test_file_without_read_permission(tmp_path: Path) -> None:
     assert found == [f"providers[1].api_key: file {secret} cannot be read (permission denied)"]
 
 
+def test_file_refused_by_the_operating_system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The permission-denied path, simulated: root (as the tests run) can read a chmod 000 file."""
+    secret = tmp_path / "hub"
+    secret.write_text("x")
+    real_open = Path.open
+
+    def refuse(self: Path, *args: object, **kwargs: object):
+        if self == secret:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refuse)
+
+    found = problems(tmp_path, VALID.replace('"API-topsecret-2"', f'{{ file = "{secret}" }}'))
+
+    assert found == [f"providers[1].api_key: file {secret} cannot be read (permission denied)"]
+
+
 def test_file_that_is_empty(tmp_path: Path) -> None:
     (tmp_path / "hub").write_text("\n")
 
