@@ -35,6 +35,9 @@ class InboundApplier:
         self.touched = touched  # canonical contact id -> attribute -> provider that changed it this run
         self.counts = counts
         self.open_conflicts = store.open_conflicts(provider.name)
+        # remote id -> canonical id, so a re-linked remote record drops its stale link (as the table does)
+        self.by_remote = {entity: {link.remote_id: cid for cid, link in entity_links.items()}
+                          for entity, entity_links in links.items()}
 
     def apply(self, ops: Sequence[Operation]) -> None:
         todo = [op for op in ops if op.direction is Direction.INBOUND or op.action is Action.UNLINK
@@ -200,6 +203,10 @@ class InboundApplier:
     def _set_link(self, s, entity: Entity, cid: int, remote_id: str | None, base: dict[str, Any]) -> None:
         if remote_id is None:
             return
+        stale = self.by_remote[entity.value].get(remote_id)
+        if stale is not None and stale != cid:
+            self.links[entity.value].pop(stale, None)
+        self.by_remote[entity.value][remote_id] = cid
         self.links[entity.value][cid] = BaseRecord(remote_id, dict(base))
         self.store.set_link(s, self.name, entity.value, cid, remote_id, base)
 
