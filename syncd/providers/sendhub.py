@@ -24,7 +24,9 @@ on one side and missing on the other is never a change.
 Behaviour worth knowing:
 
 * listings page with ``limit=1000`` and ``offset``; ``meta.next`` is only
-  tested against null, never followed. Ids are de-duplicated across pages and,
+  tested against null, never followed. The next page is requested while the
+  caller handles the current one, and only a page is held at a time (plus one
+  int per id for the duplicate check). Ids are de-duplicated across pages and,
   when SendHub reports ``total_count``, a listing that changed while paging is a
   :class:`~syncd.errors.ProtocolError` (an incomplete pull must not pass).
 * a contact create is not idempotent: a lost response is
@@ -87,6 +89,8 @@ _DUPLICATE_GROUP = "duplicate group name"
 _ALREADY_IN = re.compile(r"^\s*(\S+) is the id of a contact who is already in this group")
 _NOT_IN = re.compile(r"^\s*(\S+) is not an id of a contact in the group")
 _GROUP_URI = re.compile(r"/groups/([^/?#]+)/?$")
+# How SendHub stores and echoes every number: +1 and 10 digits, the area code not starting with 0 or 1.
+_STORED_NUMBER = re.compile(r"\+1[2-9][0-9]{9}")
 _TIME_LEFT = re.compile(r"^\s*(\d+):([0-5]\d):([0-5]\d)\s*$")
 # Keys of SendHub's generic error bodies; any other key of a 400 body names a field.
 _ERROR_KEYS = frozenset({"message", "error", "status", "code", "devMessage", "moreInfo", "timeLeft"})
@@ -131,7 +135,7 @@ def _text(value: Any) -> str:
 
 def _wire_id(remote_id: str) -> int | str:
     """A remote id as SEED-002 sends it (``"groups": [11, 12]``): an integer when it is one."""
-    return int(remote_id) if remote_id.isdigit() else remote_id
+    return int(remote_id) if remote_id.isascii() and remote_id.isdigit() else remote_id
 
 
 def _timestamp(value: Any) -> datetime | None:
@@ -143,6 +147,27 @@ def _timestamp(value: Any) -> datetime | None:
     except ValueError:
         return None
     return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
+
+
+def _compact(remote_id: str) -> int | str:
+    """An id as kept in a listing's duplicate check: SendHub's digit strings as ints, half the memory."""
+    return int(remote_id) if remote_id.isascii() and remote_id.isdigit() else remote_id
+
+
+def _has_more(meta: dict[str, Any], objects: list[Any]) -> bool:
+    """Whether to ask for the next page: SendHub says there is one and this one was full.
+
+    ``meta.next`` is only compared with null, never followed (design §2).
+    """
+    limit = meta.get("limit")
+    page_size = limit if isinstance(limit, int) and 0 < limit <= PAGE_LIMIT else PAGE_LIMIT
+    return meta.get("next") is not None and len(objects) >= page_size
+
+
+def _consume_outcome(task: asyncio.Task[Any]) -> None:
+    """Read a prefetch's result, so one abandoned with an error is not reported as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
@@ -311,8 +336,10 @@ class SendHubProvider:
         phone = self._phone(number)
         fields: dict[str, Any] = {"number": phone}
         for key, value in obj.items():
+            if key in RESERVED and key != "name":
+                continue
             text = _text(value)
-            if (key == "name" or key not in RESERVED) and text:
+            if text:
                 fields[key] = text
         return RemoteContact(
             remote_id=remote_id,
@@ -334,6 +361,10 @@ class SendHubProvider:
         return RemoteGroup(remote_id=remote_id, name=name, modified_at=_timestamp(obj.get("date_modified")))
 
     def _phone(self, number: str | int) -> str:
+        if isinstance(number, str) and _STORED_NUMBER.fullmatch(number):
+            # SendHub's own spelling: to_e164 would answer this very string, valid or not
+            # (kept raw), and skipping phonenumbers here makes a listing several times faster.
+            return number
         try:
             return to_e164(number, self.default_region)
         except InvalidPhone:
@@ -355,7 +386,7 @@ class SendHubProvider:
             match = _GROUP_URI.search(item) if isinstance(item, str) else None
             if isinstance(item, int) and not isinstance(item, bool):
                 ids.add(str(item))
-            elif isinstance(item, str) and item.isdigit():
+            elif isinstance(item, str) and item.isascii() and item.isdigit():
                 ids.add(item)
             elif match:
                 ids.add(match.group(1))
@@ -431,27 +462,50 @@ class SendHubProvider:
     async def _pages(
         self, path: str, operation: str, parse: Callable[..., Any], params: dict[str, Any] | None = None
     ) -> AsyncIterator[list[Any]]:
-        """Parsed items of a listing, one list per page, each id once; ProtocolError if it changed meanwhile."""
-        seen: set[str] = set()
+        """Parsed items of a listing, one list per page, each id once; ProtocolError if it changed meanwhile.
+
+        The next page is requested as soon as this one says there is one, so the
+        wait for it overlaps parsing and whatever the caller does with this page.
+        """
+        query = {**(params or {}), "limit": PAGE_LIMIT}
+        seen: set[int | str] = set()  # the one structure growing with the listing: ~70 bytes an id
         totals: list[int] = []
         offset = 0
-        while True:
-            response = await self._call("GET", path, operation=operation, params={**(params or {}), "limit": PAGE_LIMIT, "offset": offset})
-            meta, objects = self._listing(response, operation)
-            endpoint = f"GET {response.request.url.path}"
-            items = [parse(obj, endpoint=endpoint, operation=operation) for obj in objects]
-            fresh = [item for item in items if item.remote_id not in seen]
-            seen.update(item.remote_id for item in fresh)
-            if meta.get("total_count") is not None:
-                totals.append(meta["total_count"])
-                self._check_totals(totals, len(seen), endpoint, operation, final=False)
-            yield fresh
-            page_size = meta.get("limit") if isinstance(meta.get("limit"), int) and 0 < meta["limit"] <= PAGE_LIMIT else PAGE_LIMIT
-            if meta.get("next") is None or not objects or len(objects) < page_size:
-                break
-            offset += len(objects)
-        if totals:
-            self._check_totals(totals, len(seen), endpoint, operation, final=True)
+        upcoming: asyncio.Task[httpx.Response] | None = self._fetch(path, operation, query, offset)
+        try:
+            while upcoming is not None:
+                response = await upcoming
+                meta, objects = self._listing(response, operation)
+                offset += len(objects)
+                upcoming = self._fetch(path, operation, query, offset) if _has_more(meta, objects) else None
+                endpoint = f"GET {response.request.url.path}"
+                fresh = self._fresh(objects, parse, seen, endpoint, operation)
+                if meta.get("total_count") is not None:
+                    totals.append(meta["total_count"])
+                    self._check_totals(totals, len(seen), endpoint, operation, final=False)
+                yield fresh
+            if totals:
+                self._check_totals(totals, len(seen), endpoint, operation, final=True)
+        finally:
+            if upcoming is not None:
+                upcoming.cancel()
+
+    def _fetch(self, path: str, operation: str, query: dict[str, Any], offset: int) -> asyncio.Task[httpx.Response]:
+        task = asyncio.ensure_future(self._call("GET", path, operation=operation, params={**query, "offset": offset}))
+        task.add_done_callback(_consume_outcome)
+        return task
+
+    @staticmethod
+    def _fresh(objects: list[Any], parse: Callable[..., Any], seen: set[int | str], endpoint: str, operation: str) -> list[Any]:
+        """The parsed objects whose ids this listing has not yielded yet."""
+        fresh = []
+        for obj in objects:
+            item = parse(obj, endpoint=endpoint, operation=operation)
+            key = _compact(item.remote_id)
+            if key not in seen:
+                seen.add(key)
+                fresh.append(item)
+        return fresh
 
     def _check_totals(self, totals: list[int], seen: int, endpoint: str, operation: str, *, final: bool) -> None:
         if totals[-1] != totals[0]:

@@ -87,7 +87,7 @@ async def test_listing_reads_opt_outs_groups_custom_fields_and_dates(env):
     assert await provider.find_contact("+14152000043") is None
 
 
-@pytest.mark.account(contacts=1500)
+@pytest.mark.account(contacts=2500)
 async def test_a_listing_that_changes_while_paging_is_an_incomplete_pull(env):
     provider, server = env
     pages = provider.contacts()

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from syncd.config import ProviderSettings, Secret
 from syncd.errors import AuthError, NotFound, ProtocolError, QuotaExhausted, RateLimited, Rejected, TransientError
 from syncd.model import Contact
+from syncd.phones import InvalidPhone, to_e164
 from syncd.providers.sendhub import RESERVED, SendHubProvider, full_name, sendhub_error, split_name
 
 ENDPOINT = "GET /v1/contacts/"
@@ -212,3 +213,13 @@ def test_other_statuses_map_onto_the_error_tree(status, body, kind):
     resp = response(status, text="") if body is None else response(status, body)
     error = mapped(resp)
     assert type(error) is kind and error.status == status and "k3y" not in str(error)
+
+
+@given(national=st.from_regex(r"[2-9]\d{9}", fullmatch=True), region=st.sampled_from(["US", "IT", "CA"]))
+def test_the_fast_path_for_sendhub_numbers_answers_what_phonenumbers_would(sendhub, national, region):
+    number = "+1" + national
+    try:
+        expected = to_e164(number, region)
+    except InvalidPhone:
+        expected = number  # an unparseable number is kept raw
+    assert sendhub.parse_contact({"id": 1, "number": number}, endpoint=ENDPOINT).phone == expected
