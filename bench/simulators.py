@@ -2,19 +2,29 @@
 
 Not a test: it prints figures. Each simulator runs in its own process
 (``python -m syncd.simulators.server``), pinned to one core where the OS allows
-(``os.sched_setaffinity``); the client runs here, pinned to another core, with
-httpx keep-alive connections and a few requests in flight.
+(``os.sched_setaffinity``); the client runs here, pinned to another core.
 
-Measured:
+Each workload is driven twice, over keep-alive connections with a few requests
+in flight:
 
-* SendHub: list pages a second at ``limit=100`` (offsets spread over the seeded
-  contacts), and contact creates a second;
-* smsend (when ``syncd.simulators.smsend`` exists): group-list pages a second and
-  contacts a second through add-multiple (``POST /contact`` with a batch).
+* **httpx**: ``httpx.AsyncClient``, what syncd itself uses. On a small machine
+  httpx spends more CPU per request than the simulator, so this figure is
+  usually the client's limit, not the simulator's.
+* **raw**: a minimal HTTP/1.1 client (asyncio streams, Content-Length framing),
+  light enough to load the simulator to its own limit.
+
+For each run it prints the rate, the simulator's CPU time per request (from
+``/proc/PID/stat``; Linux only) and the rate one fully busy core would give at
+that cost (``1 / cpu per request``): the capacity figure, which holds even when
+other processes share the machine.
+
+Workloads: SendHub list pages at ``limit=100`` (offsets spread over the seeded
+contacts) and contact creates; smsend (when ``syncd.simulators.smsend`` exists)
+group-list pages and contacts through add-multiple (``POST /contact`` batches).
 
 Targets (issue 3): >= 2,000 SendHub pages/s at limit=100 and >= 1,000 creates/s.
 
-Usage: ``python bench/simulators.py [--seconds 3] [--concurrency 4] [--contacts 5000]``
+Usage: ``python bench/simulators.py [--seconds 3] [--concurrency 4] [--contacts 5000] [--no-pin]``
 """
 
 from __future__ import annotations
@@ -23,17 +33,34 @@ import argparse
 import asyncio
 import importlib.util
 import itertools
+import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 
 SERVER_CORE = 0
 CLIENT_CORE = 1
+
+
+@dataclass(frozen=True)
+class Req:
+    """One request of a workload, independent of the client that sends it."""
+
+    method: str
+    path: str  # with query string
+    headers: dict[str, str]
+    body: bytes = b""
+    expect: int = 200
+    units: int = 1  # what it counts for (contacts in a batch)
+
+
+Workload = Callable[[int], Req]
 
 
 @dataclass
@@ -45,25 +72,36 @@ class Simulator:
     def base_url(self) -> str:
         return self.info["base_url"]
 
+    @property
+    def base_path(self) -> str:
+        return urlsplit(self.base_url).path
+
+    def cpu_seconds(self) -> float | None:
+        try:
+            with open(f"/proc/{self.process.pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.process.terminate()
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
-PIN = True
-
-
-def _pin(pid: int, core: int) -> str:
-    if not PIN or not hasattr(os, "sched_setaffinity") or core >= (os.cpu_count() or 1):
+def pin(pid: int, core: int, enabled: bool) -> str:
+    if not enabled or not hasattr(os, "sched_setaffinity") or core >= (os.cpu_count() or 1):
         return "not pinned"
     os.sched_setaffinity(pid, {core})
-    return f"core {core}"
+    return f"pinned to core {core}"
 
 
-def start(kind: str, *, contacts: int, groups: int) -> Simulator:
+def start(kind: str, *, contacts: int, groups: int, pinned: bool) -> Simulator:
     """Start one simulator process and read what it prints (``key: value`` lines)."""
     command = [sys.executable, "-m", "syncd.simulators.server", kind, "--contacts", str(contacts)]
     command += ["--groups", str(groups), "--seed", "7"]
@@ -75,132 +113,157 @@ def start(kind: str, *, contacts: int, groups: int) -> Simulator:
         info[key.strip()] = value.strip()
         if key == "admin_url":
             break
-    print(f"  {kind} simulator pid {process.pid}, {_pin(process.pid, SERVER_CORE)}")
+    print(f"{kind} simulator: pid {process.pid}, {pin(process.pid, SERVER_CORE, pinned)}")
     return Simulator(process, info)
 
 
-async def measure(
-    label: str, request: Callable[[httpx.AsyncClient, int], Awaitable[int]], *, seconds: float, concurrency: int,
-    unit: str = "requests",
-) -> float:  # fmt: skip
-    """Run ``request`` from ``concurrency`` workers for ``seconds``; print and return units a second.
+# -- the two clients -----------------------------------------------------------------------------------
 
-    ``request`` returns how many units (requests, contacts) it completed.
-    """
-    counter = itertools.count()
-    done = 0
+
+async def drive_httpx(sim: Simulator, workload: Workload, counter: itertools.count, deadline: float, concurrency: int) -> int:
+    root = sim.base_url[: -len(sim.base_path)]
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-        await request(client, next(counter))  # warm up: connection and caches
-        deadline = time.perf_counter() + seconds
+    done = 0
+    async with httpx.AsyncClient(base_url=root, limits=limits, timeout=30) as client:
 
         async def worker() -> None:
             nonlocal done
             while time.perf_counter() < deadline:
-                done += await request(client, next(counter))
+                req = workload(next(counter))
+                response = await client.request(req.method, req.path, headers=req.headers, content=req.body)
+                _check(req, response.status_code, response.text)
+                done += req.units
 
-        started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done
+
+
+def _encode(req: Req, host: str) -> bytes:
+    head = [f"{req.method} {req.path} HTTP/1.1", f"Host: {host}"]
+    head += [f"{k}: {v}" for k, v in req.headers.items()]
+    if req.body or req.method in ("POST", "PUT"):
+        head.append(f"Content-Length: {len(req.body)}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + req.body
+
+
+async def drive_raw(sim: Simulator, workload: Workload, counter: itertools.count, deadline: float, concurrency: int) -> int:
+    """A minimal keep-alive HTTP/1.1 client: one request in flight per connection."""
+    url = urlsplit(sim.base_url)
+    assert url.hostname is not None and url.port is not None
+    done = 0
+
+    async def connection() -> None:
+        nonlocal done
+        reader, writer = await asyncio.open_connection(url.hostname, url.port)
+        while time.perf_counter() < deadline:
+            req = workload(next(counter))
+            writer.write(_encode(req, url.netloc))
+            head = await reader.readuntil(b"\r\n\r\n")
+            status, length = int(head[9:12]), 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            body = await reader.readexactly(length)
+            _check(req, status, body.decode(errors="replace"))
+            done += req.units
+        writer.close()
+
+    await asyncio.gather(*(connection() for _ in range(concurrency)))
+    return done
+
+
+def _check(req: Req, status: int, text: str) -> None:
+    if status != req.expect:
+        raise RuntimeError(f"{req.method} {req.path}: {status} {text[:200]}")
+
+
+async def measure(sim: Simulator, label: str, workload: Workload, args: argparse.Namespace, counter: itertools.count) -> None:
+    for name, drive in (("httpx", drive_httpx), ("raw", drive_raw)):
+        await drive(sim, workload, counter, time.perf_counter() + 0.2, 1)  # warm up
+        cpu_before, started = sim.cpu_seconds(), time.perf_counter()
+        done = await drive(sim, workload, counter, started + args.seconds, args.concurrency)
         elapsed = time.perf_counter() - started
-    rate = done / elapsed
-    print(f"  {label}: {rate:,.0f} {unit}/s ({done:,} in {elapsed:.1f} s)")
-    return rate
+        cpu_after = sim.cpu_seconds()
+        rate = done / elapsed
+        line = f"  {label:<44} {name:<5} {rate:>9,.0f} /s"
+        if cpu_before is not None and cpu_after is not None and done:
+            per_unit = (cpu_after - cpu_before) / done
+            line += f"   server CPU {per_unit * 1e3:6.3f} ms each -> {1 / per_unit if per_unit else 0:>9,.0f} /s per core"
+        print(line, flush=True)
 
 
-def _check(response: httpx.Response, status: int) -> None:
-    if response.status_code != status:
-        raise RuntimeError(f"{response.request.method} {response.url.path}: {response.status_code} {response.text[:200]}")
+# -- workloads ---------------------------------------------------------------------------------------------
 
 
-def _number(i: int) -> str:
-    # 10-digit NANP numbers in a range the seeding never uses (area code 289 is not seeded).
-    return f"+1289{2_000_000 + i:07d}"
-
-
-async def bench_sendhub(args: argparse.Namespace) -> dict[str, float]:
-    sim = start("sendhub", contacts=args.contacts, groups=5)
+def sendhub_workloads(sim: Simulator, contacts: int) -> dict[str, Workload]:
     auth = {"username": sim.info["username"], "api_key": sim.info["api_key"]}
-    pages = max(1, args.contacts // 100)
-    try:
+    pages = max(1, contacts // 100)
+    base = sim.base_path
+    json_header = {"Content-Type": "application/json"}
 
-        async def list_page(client: httpx.AsyncClient, i: int) -> int:
-            params = {**auth, "limit": "100", "offset": str((i % pages) * 100)}
-            response = await client.get(f"{sim.base_url}/contacts/", params=params)
-            _check(response, 200)
-            return 1
+    def list_page(i: int) -> Req:
+        query = urlencode({**auth, "limit": 100, "offset": (i % pages) * 100})
+        return Req("GET", f"{base}/contacts/?{query}", {})
 
-        async def create(client: httpx.AsyncClient, i: int) -> int:
-            body = {"name": f"Bench Contact {i}", "number": _number(i), "city": "Toronto"}
-            response = await client.post(f"{sim.base_url}/contacts/", params=auth, json=body)
-            _check(response, 201)
-            return 1
+    def create(i: int) -> Req:
+        # Area code 289 is never seeded, so these numbers are new.
+        body = {"name": f"Bench Contact {i}", "number": f"+1289{2_000_000 + i:07d}", "city": "Toronto"}
+        return Req("POST", f"{base}/contacts/?{urlencode(auth)}", json_header, json.dumps(body).encode(), 201)
 
-        kw = {"seconds": args.seconds, "concurrency": args.concurrency}
-        return {
-            "sendhub_pages_per_s": await measure("SendHub list pages (limit=100)", list_page, **kw),
-            "sendhub_creates_per_s": await measure("SendHub contact creates", create, **kw),
-        }
-    finally:
-        sim.stop()
+    return {"SendHub list page (limit=100)": list_page, "SendHub contact create": create}
 
 
-async def _smsend_headers(client: httpx.AsyncClient, sim: Simulator) -> dict[str, str]:
-    if sim.info.get("user_key") and sim.info.get("access_token"):
-        return {"user_key": sim.info["user_key"], "Access_token": sim.info["access_token"]}
-    params = {"username": sim.info["username"], "password": sim.info["password"]}
-    response = await client.get(f"{sim.base_url}/token", params=params)
-    _check(response, 200)
+def smsend_workloads(sim: Simulator, groups: int, batch: int) -> dict[str, Workload]:
+    response = httpx.get(f"{sim.base_url}/token", params={"username": sim.info["username"], "password": sim.info["password"]})
+    response.raise_for_status()
     user_key, token = response.text.split(";")
-    return {"user_key": user_key, "Access_token": token}
+    headers = {"user_key": user_key, "Access_token": token}
+    base = sim.base_path
+    page_size = 50
+
+    def list_page(i: int) -> Req:
+        return Req("GET", f"{base}/groups?pageNumber={i % (groups // page_size) + 1}&pageSize={page_size}", headers)
+
+    def add_multiple(i: int) -> Req:
+        contacts = [{"phoneNumber": f"+39333{i * batch + j:07d}", "name": "Bench"} for j in range(batch)]
+        body = json.dumps({"contacts": contacts, "updateExistingContact": True}).encode()
+        return Req("POST", f"{base}/contact", {**headers, "Content-Type": "application/json"}, body, 200, batch)
+
+    return {
+        f"smsend group page (pageSize={page_size})": list_page,
+        f"smsend add-multiple contacts ({batch}/request)": add_multiple,
+    }
 
 
-async def bench_smsend(args: argparse.Namespace) -> dict[str, float]:
-    groups = 500
-    sim = start("smsend", contacts=0, groups=groups)
-    batch = 100
+async def run_simulator(kind: str, args: argparse.Namespace) -> None:
+    counter = itertools.count()
+    if kind == "sendhub":
+        sim = start("sendhub", contacts=args.contacts, groups=5, pinned=not args.no_pin)
+        workloads = sendhub_workloads(sim, args.contacts)
+    else:
+        sim = start("smsend", contacts=0, groups=500, pinned=not args.no_pin)
+        workloads = smsend_workloads(sim, 500, batch=100)
     try:
-        async with httpx.AsyncClient() as client:
-            headers = await _smsend_headers(client, sim)
-
-        async def list_page(client: httpx.AsyncClient, i: int) -> int:
-            params = {"pageNumber": str(i % (groups // 50) + 1), "pageSize": "50"}
-            response = await client.get(f"{sim.base_url}/groups", params=params, headers=headers)
-            _check(response, 200)
-            return 1
-
-        async def add_multiple(client: httpx.AsyncClient, i: int) -> int:
-            contacts = [{"phoneNumber": f"+39333{i * batch + j:07d}", "name": "Bench"} for j in range(batch)]
-            body = {"contacts": contacts, "updateExistingContact": True}
-            response = await client.post(f"{sim.base_url}/contact", json=body, headers=headers)
-            _check(response, 200)
-            return batch
-
-        kw = {"seconds": args.seconds, "concurrency": args.concurrency}
-        return {
-            "smsend_group_pages_per_s": await measure("smsend group pages (pageSize=50)", list_page, **kw),
-            "smsend_contacts_per_s": await measure(
-                f"smsend add-multiple ({batch} per request)", add_multiple, unit="contacts", **kw
-            ),
-        }
+        for label, workload in workloads.items():
+            await measure(sim, label, workload, args, counter)
     finally:
         sim.stop()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each measurement")
+    parser.add_argument("--concurrency", type=int, default=4, help="connections, one request in flight each")
     parser.add_argument("--contacts", type=int, default=5000, help="SendHub contacts seeded before listing")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     args = parser.parse_args()
-    global PIN
-    PIN = not args.no_pin
-    print(f"client pid {os.getpid()}, {_pin(0, CLIENT_CORE)}; {args.concurrency} connections, {args.seconds} s each")
-    asyncio.run(bench_sendhub(args))
+    where = pin(0, CLIENT_CORE, not args.no_pin)
+    print(f"client: pid {os.getpid()}, {where}; {args.concurrency} connections; {args.seconds} s per figure")
+    asyncio.run(run_simulator("sendhub", args))
     if importlib.util.find_spec("syncd.simulators.smsend") is not None:
-        asyncio.run(bench_smsend(args))
+        asyncio.run(run_simulator("smsend", args))
     else:
-        print("  smsend simulator not present: skipped")
+        print("smsend simulator not present: skipped")
 
 
 if __name__ == "__main__":
