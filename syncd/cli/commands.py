@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import TYPE_CHECKING
 
 import click
@@ -26,13 +27,23 @@ def _check_names(app: AppContext, names: tuple[str, ...]) -> None:
         raise click.UsageError(f"unknown provider {', '.join(unknown)} (configured: {', '.join(sorted(known))})")
 
 
+def _progress(message: str) -> None:
+    """Progress of long pulls, on one rewritten line, only when a person watches stderr."""
+    click.echo(f"\r{message}\033[K", err=True, nl=False)
+
+
+def _progress_if_terminal():
+    return _progress if sys.stderr.isatty() else None
+
+
 def run_sync(app: AppContext, providers: tuple[str, ...], *, dry_run: bool, allow_mass_delete: bool) -> int:
     if dry_run:
         return run_plan(app, providers, detailed_exitcode=False)
     from syncd.sync.run import run_once
 
     _check_names(app, providers)
-    report = asyncio.run(run_once(app.config, app.engine(), only=providers, allow_mass_delete=allow_mass_delete))
+    report = asyncio.run(run_once(app.config, app.engine(), only=providers, allow_mass_delete=allow_mass_delete,
+                                    progress=_progress_if_terminal()))
     print_summary(report)
     return 1 if report.failed else 0
 
@@ -41,7 +52,8 @@ def run_plan(app: AppContext, providers: tuple[str, ...], *, detailed_exitcode: 
     from syncd.sync.run import run_once
 
     _check_names(app, providers)
-    report = asyncio.run(run_once(app.config, app.engine(), only=providers, dry_run=True))
+    report = asyncio.run(run_once(app.config, app.engine(), only=providers, dry_run=True,
+                                    progress=_progress_if_terminal()))
     print_plan(report)
     if report.failed:
         return 1

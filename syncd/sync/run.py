@@ -83,7 +83,8 @@ async def run_once(config: Config, engine: Engine, *, only: Sequence[str] = (), 
                    dry_run: bool = False, allow_mass_delete: bool = False,
                    client_options: dict[str, dict[str, Any]] | None = None,
                    stopping: Callable[[], bool] = lambda: False,
-                   fence_for: Callable[[str], Callable[[], None]] | None = None) -> RunReport:
+                   fence_for: Callable[[str], Callable[[], None]] | None = None,
+                   progress: Callable[[str], None] | None = None) -> RunReport:
     """Run one full sync (or, with ``dry_run``, plan it) and report per provider."""
     store = Store(engine, dry_run=dry_run)
     chosen = [p for p in config.providers if p.enabled and (not only or p.name in only)]
@@ -92,7 +93,7 @@ async def run_once(config: Config, engine: Engine, *, only: Sequence[str] = (), 
     accounts = [_account(config, p, (client_options or {}).get(p.name, {})) for p in chosen]
     try:
         store.settle_interrupted(a.settings.name for a in accounts)
-        await asyncio.gather(*(_pull(store, run_id, a) for a in accounts))
+        await asyncio.gather(*(_pull(store, run_id, a, progress) for a in accounts))
         book = store.load_book(config.sync.default_region)
         _report_invalid(store, run_id, book)
         ready = [a for a in accounts if a.report.complete]
@@ -131,7 +132,7 @@ def _run_status(reports: list[ProviderReport]) -> str:
 # -- pull ------------------------------------------------------------------------
 
 
-async def _pull(store: Store, run_id: int, a: _Account) -> None:
+async def _pull(store: Store, run_id: int, a: _Account, progress: Callable[[str], None] | None = None) -> None:
     name = a.settings.name
     try:
         known = store.mirror_fingerprints(name, contacts=False)
@@ -143,6 +144,8 @@ async def _pull(store: Store, run_id: int, a: _Account) -> None:
             async for page in a.client.contacts():
                 store.write_mirror(name, contacts=page, known=known)
                 a.contacts.update((c.remote_id, c) for c in page)
+                if progress:
+                    progress(f"{name}: pulled {len(a.contacts)} contacts")
         else:
             a.contacts = store.load_mirror_contacts(name)  # what syncd last wrote (outbound-only contacts)
     except (ProviderError, Unsupported) as exc:
