@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -12,7 +13,8 @@ import time
 import httpx
 import pytest
 
-from syncd.simulators.faults import Faults, format_time_left
+from syncd.simulators.faults import DefaultFaultHooks, FaultMiddleware, Faults, format_time_left
+from syncd.simulators.sendhub import build
 from syncd.simulators.server import SimulatorServer, start_simulator
 
 # -- the Faults object ---------------------------------------------------------------------
@@ -251,3 +253,37 @@ def test_serve_forever_prints_url_credentials_and_token_and_stops_on_sigterm() -
         finally:
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=10) == 0
+
+
+def test_drop_works_under_h11_too(monkeypatch: pytest.MonkeyPatch, transport: httpx.HTTPTransport) -> None:
+    monkeypatch.setattr("syncd.simulators.server.HTTP_IMPLEMENTATION", "h11")
+    with start_simulator("sendhub", faults=Faults(drop_next=1)) as sim:
+        client = httpx.Client(base_url=sim.base_url, params=sim.credentials, transport=transport)
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+            client.post("/contacts/", json={"name": "A", "number": "6501234567"})
+        assert sim.state.find("6501234567") is not None
+        assert client.get("/contacts/").status_code == 200
+
+
+def test_drop_without_a_transport_promises_more_body_than_it_sends() -> None:
+    """Under a server whose ``send`` does not expose the transport, the drop is an unfinished body."""
+    app, state, credentials = build()
+    middleware = FaultMiddleware(app, faults=Faults(drop_next=1), hooks=DefaultFaultHooks(), state=state, admin_token="t")
+    query = f"username={credentials['username']}&api_key={credentials['api_key']}".encode()
+    scope = {
+        "type": "http", "method": "POST", "path": "/v1/groups/", "raw_path": b"/v1/groups/", "query_string": query,
+        "headers": [(b"content-type", b"application/json")], "http_version": "1.1", "scheme": "http",
+        "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1), "root_path": "",
+    }  # fmt: skip
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b'{"name": "Staff"}', "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(middleware(scope, receive, send))
+    assert len(state.groups) == 1, "the write happened"
+    declared = int(dict(sent[0]["headers"])[b"content-length"])
+    assert declared > len(sent[1]["body"]) and sent[1]["more_body"] is True
