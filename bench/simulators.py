@@ -120,7 +120,9 @@ def start(kind: str, *, contacts: int, groups: int, pinned: bool) -> Simulator:
 # -- the two clients -----------------------------------------------------------------------------------
 
 
-async def drive_httpx(sim: Simulator, workload: Workload, counter: itertools.count, deadline: float, concurrency: int) -> int:
+async def drive_httpx(
+    sim: Simulator, workload: Workload, counter: itertools.count[int], deadline: float, concurrency: int
+) -> int:
     root = sim.base_url[: -len(sim.base_path)]
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     done = 0
@@ -146,7 +148,9 @@ def _encode(req: Req, host: str) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode() + req.body
 
 
-async def drive_raw(sim: Simulator, workload: Workload, counter: itertools.count, deadline: float, concurrency: int) -> int:
+async def drive_raw(
+    sim: Simulator, workload: Workload, counter: itertools.count[int], deadline: float, concurrency: int
+) -> int:
     """A minimal keep-alive HTTP/1.1 client: one request in flight per connection."""
     url = urlsplit(sim.base_url)
     assert url.hostname is not None and url.port is not None
@@ -177,7 +181,10 @@ def _check(req: Req, status: int, text: str) -> None:
         raise RuntimeError(f"{req.method} {req.path}: {status} {text[:200]}")
 
 
-async def measure(sim: Simulator, label: str, workload: Workload, args: argparse.Namespace, counter: itertools.count) -> None:
+async def measure(
+    sim: Simulator, label: str, workload: Workload, args: argparse.Namespace, counter: itertools.count[int]
+) -> None:
+    """Drive one workload with each client; print rate, server CPU per unit and the per-core capacity."""
     for name, drive in (("httpx", drive_httpx), ("raw", drive_raw)):
         await drive(sim, workload, counter, time.perf_counter() + 0.2, 1)  # warm up
         cpu_before, started = sim.cpu_seconds(), time.perf_counter()
@@ -188,7 +195,8 @@ async def measure(sim: Simulator, label: str, workload: Workload, args: argparse
         line = f"  {label:<44} {name:<5} {rate:>9,.0f} /s"
         if cpu_before is not None and cpu_after is not None and done:
             per_unit = (cpu_after - cpu_before) / done
-            line += f"   server CPU {per_unit * 1e3:6.3f} ms each -> {1 / per_unit if per_unit else 0:>9,.0f} /s per core"
+            capacity = 1 / per_unit if per_unit else 0.0
+            line += f"   server CPU {per_unit * 1e3:6.3f} ms each -> {capacity:>9,.0f} /s per core"
         print(line, flush=True)
 
 
@@ -214,7 +222,8 @@ def sendhub_workloads(sim: Simulator, contacts: int) -> dict[str, Workload]:
 
 
 def smsend_workloads(sim: Simulator, groups: int, batch: int) -> dict[str, Workload]:
-    response = httpx.get(f"{sim.base_url}/token", params={"username": sim.info["username"], "password": sim.info["password"]})
+    login = {"username": sim.info["username"], "password": sim.info["password"]}
+    response = httpx.get(f"{sim.base_url}/token", params=login)
     response.raise_for_status()
     user_key, token = response.text.split(";")
     headers = {"user_key": user_key, "Access_token": token}

@@ -39,7 +39,12 @@ open, made here and followed by the client:
   answers 202 ``{"add", "remove", "errors"}``; problems per id go in ``errors``.
 * Ids are strings of digits that grow with creation but are not 1, 2, 3.
 * Error bodies: 404 ``{"error": "Requested contact not found", "status": 404}``;
-  other JSON errors carry both ``error`` and ``message``.
+  other JSON errors carry both ``error`` and ``message``. A method the path does
+  not have is 405 (empty body, ``Allow``), checked before auth as Tastypie does.
+
+The module is long on purpose (design §6: one module per provider holding its
+whole contract); its sections are the account (what tests inspect and change),
+request validation, paging, the HTTP handlers, fault bodies and seeding.
 """
 
 from __future__ import annotations
@@ -626,7 +631,8 @@ def parse_group(body: Mapping[str, Any], account: SendHubAccount, *, group_id: s
     join_message = body.get("ttjResponse")
     if join_message is not None and (not isinstance(join_message, str) or len(join_message) > JOIN_MESSAGE_MAX):
         raise SendHubError.generic(400, "Join message can not be longer than 70 characters.")
-    return GroupInput(name=name, slug=slug, text_to_subscribe=subscribe, join_message=join_message or DEFAULT_JOIN_MESSAGE)
+    join_message = join_message or DEFAULT_JOIN_MESSAGE
+    return GroupInput(name=name, slug=slug, text_to_subscribe=subscribe, join_message=join_message)
 
 
 def check_body_id(body: Mapping[str, Any], url_id: str) -> None:
@@ -863,7 +869,8 @@ class SendHubApi:
             group = self._group(request)
             data = parse_group(body, account, group_id=group.id)
             check_body_id(body, group.id)
-            group.name, group.text_to_subscribe, group.join_message = data.name, data.text_to_subscribe, data.join_message
+            group.name, group.text_to_subscribe = data.name, data.text_to_subscribe
+            group.join_message = data.join_message
             group.slug = data.slug or account.free_slug(data.name, exclude=group.id)
             group.date_modified = account.now()
             return json_response(group.to_dict(), 200)
@@ -916,7 +923,8 @@ class SendHubApi:
     def routes(self) -> list[Route]:
         table: list[tuple[str, dict[str, Handler]]] = [
             ("/v1/contacts", {"GET": self.list_contacts, "POST": self.create_contact}),
-            ("/v1/contacts/{contact_id}", {"GET": self.get_contact, "PUT": self.edit_contact, "DELETE": self.delete_contact}),
+            ("/v1/contacts/{contact_id}",
+             {"GET": self.get_contact, "PUT": self.edit_contact, "DELETE": self.delete_contact}),
             ("/v1/groups", {"GET": self.list_groups, "POST": self.create_group}),
             ("/v1/groups/{group_id}", {"GET": self.get_group, "PUT": self.edit_group, "DELETE": self.delete_group}),
             ("/v1/groups/{group_id}/contacts", {"GET": self.list_group_contacts, "POST": self.change_group_contacts}),

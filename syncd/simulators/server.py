@@ -271,7 +271,10 @@ def serve_forever(
     seed: int = 0,
     faults: Faults | None = None,
 ) -> None:
-    """Serve one simulator in the foreground: print its base URL, credentials and admin token, block until SIGINT/SIGTERM."""
+    """Serve one simulator in the foreground until SIGINT/SIGTERM.
+
+    Prints its base URL, credentials and admin token first (see :func:`describe`).
+    """
     server = SimulatorServer(
         kind, contacts=contacts, groups=groups, seed=seed, port=port, host=host, faults=faults
     )

@@ -268,7 +268,8 @@ def test_drop_works_under_h11_too(monkeypatch: pytest.MonkeyPatch, transport: ht
 def test_drop_without_a_transport_promises_more_body_than_it_sends() -> None:
     """Under a server whose ``send`` does not expose the transport, the drop is an unfinished body."""
     app, state, credentials = build()
-    middleware = FaultMiddleware(app, faults=Faults(drop_next=1), hooks=DefaultFaultHooks(), state=state, admin_token="t")
+    faults = Faults(drop_next=1)
+    middleware = FaultMiddleware(app, faults=faults, hooks=DefaultFaultHooks(), state=state, admin_token="t")
     query = f"username={credentials['username']}&api_key={credentials['api_key']}".encode()
     scope = {
         "type": "http", "method": "POST", "path": "/v1/groups/", "raw_path": b"/v1/groups/", "query_string": query,

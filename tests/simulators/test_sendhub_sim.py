@@ -274,7 +274,9 @@ def test_put_status_is_configurable(sendhub: SimulatorServer, client: httpx.Clie
     assert response.status_code == 200
 
 
-def test_membership_change_refreshes_date_modified(sendhub: SimulatorServer, client: httpx.Client, clock: FakeClock) -> None:
+def test_membership_change_refreshes_date_modified(
+    sendhub: SimulatorServer, client: httpx.Client, clock: FakeClock
+) -> None:
     group = sendhub.state.add_group("Staff")
     contact = sendhub.state.add_contact("A", "6501234567")
     before = client.get(f"/contacts/{contact.id}/").json()["date_modified"]
@@ -401,7 +403,8 @@ def test_group_name_rules(client: httpx.Client) -> None:
 
 
 def test_default_slugs_are_made_unique(client: httpx.Client) -> None:
-    slugs = [client.post("/groups/", json={"name": name}).json()["slug"] for name in ("Best Customers", "BestCustomers")]
+    names = ("Best Customers", "BestCustomers")
+    slugs = [client.post("/groups/", json={"name": name}).json()["slug"] for name in names]
     assert slugs == ["bestcustomers", "bestcustomers1"]
     assert client.post("/groups/", json={"name": "Other", "slug": "bestcustomers"}).status_code == 400
 
@@ -516,7 +519,9 @@ def test_seeding_is_realistic_and_deterministic() -> None:
     assert ids == sorted(ids) and ids[1] - ids[0] != 1 or ids[2] - ids[1] != 1
 
 
-def test_state_helpers_change_data_at_the_provider(sendhub: SimulatorServer, client: httpx.Client, clock: FakeClock) -> None:
+def test_state_helpers_change_data_at_the_provider(
+    sendhub: SimulatorServer, client: httpx.Client, clock: FakeClock
+) -> None:
     contact = sendhub.state.add_contact("A", "6501234567", city="Boston")
     clock.advance(1)
     sendhub.state.edit_contact(contact.id, name="B", city=None, email="b@example.com")
