@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 
 from syncd.config import Config, ProviderSettings
 from syncd.db.repo import Book, LogEntry, Store, utcnow
-from syncd.errors import ProviderError, Unsupported
+from syncd.errors import LeaseLost, ProviderError, Unsupported
 from syncd.model import RemoteContact, RemoteGroup
 from syncd.providers import build_provider
 from syncd.providers.base import Provider
@@ -43,6 +43,8 @@ class ProviderReport:
     complete: bool = False
     counts: dict[str, int] = field(default_factory=dict)
     plan: list[Operation] = field(default_factory=list)
+    requests: int = 0  # HTTP requests sent to the account (retries included), for metrics
+    retries: int = 0
 
     def summary(self) -> dict[str, Any]:
         return {"status": self.status, "error": self.error, **self.counts}
@@ -100,15 +102,20 @@ async def run_once(config: Config, engine: Engine, *, only: Sequence[str] = (), 
         for a in ready:
             a.links = {e: store.load_links(a.settings.name, e) for e in ("group", "contact")}
         touched: dict[int, dict[str, str]] = {}
+        fences = {a.settings.name: fence_for(a.settings.name) if fence_for else (lambda: None) for a in ready}
         for entity in (Entity.GROUP, Entity.CONTACT):
             for a in ready:
-                _inbound(store, run_id, book, a, entity, touched, config, allow_mass_delete)
-        writable = [a for a in ready if a.settings.mode != "pull"]
+                if _still_leased(a, fences[a.settings.name]):
+                    _inbound(store, run_id, book, a, entity, touched, config, allow_mass_delete)
+        writable = [a for a in ready if a.settings.mode != "pull" and a.report.status != "failed"]
         await asyncio.gather(*(_outbound(store, run_id, book, a, config, allow_mass_delete, stopping,
-                                         fence_for(a.settings.name) if fence_for else (lambda: None))
+                                         fences[a.settings.name])
                                for a in writable))
     finally:
         await asyncio.gather(*(a.client.aclose() for a in accounts), return_exceptions=True)
+        for a in accounts:
+            stats = getattr(a.client, "stats", None)
+            a.report.requests, a.report.retries = getattr(stats, "requests", 0), getattr(stats, "retries", 0)
         structlog.contextvars.unbind_contextvars("run_id")
     reports = [a.report for a in accounts]
     status = _run_status(reports)
@@ -196,9 +203,26 @@ async def _outbound(store: Store, run_id: int, book: Book, a: _Account, config: 
     pusher = Pusher(a.client, store, run_id, a.links, a.contacts, a.report.counts, utcnow(),
                     batch_size=a.settings.batch_size, ledger=store.retry_ledger(a.settings.name),
                     fence=fence, stopping=stopping)
-    await pusher.push(ops)
+    try:
+        await pusher.push(ops)
+    except LeaseLost as exc:  # another replica owns the account now: settle nothing more
+        a.report.status, a.report.error = "failed", str(exc)
+        return
     if pusher.stopped_by is not None:
         a.report.status, a.report.error = "failed", str(pusher.stopped_by)
+
+
+def _still_leased(a: _Account, fence: Callable[[], None]) -> bool:
+    """Check the account's lease before writing inbound changes; a lost one fails the account."""
+    if a.report.status == "failed":
+        return False
+    try:
+        fence()
+    except LeaseLost as exc:
+        a.report.status, a.report.error = "failed", str(exc)
+        log.error("run.lease_lost", provider=a.settings.name, error=str(exc))
+        return False
+    return True
 
 
 def _report_invalid(store: Store, run_id: int, book: Book) -> None:
