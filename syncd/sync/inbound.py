@@ -35,6 +35,7 @@ class InboundApplier:
         self.touched = touched  # canonical contact id -> attribute -> provider that changed it this run
         self.counts = counts
         self.open_conflicts = store.open_conflicts(provider.name)
+        self._by_phone: dict[str, int] | None = None  # built on the first create: one pass, not one per create
         # remote id -> canonical id, so a re-linked remote record drops its stale link (as the table does)
         self.by_remote = {entity: {link.remote_id: cid for cid, link in entity_links.items()}
                           for entity, entity_links in links.items()}
@@ -84,7 +85,7 @@ class InboundApplier:
     def _create_contact(self, s, op: Operation) -> int | None:
         if not op.key.startswith("+"):
             return None
-        existing = self.book.contact_by_phone().get(op.key)
+        existing = self._contact_with_phone(op.key)
         if existing is not None:
             return existing
         attrs = self.provider.to_canonical(_without_meta(op.after), None)
@@ -97,7 +98,15 @@ class InboundApplier:
         except IntegrityError:
             return None
         self.book.contacts[cid] = replace(contact, id=cid)
+        self._by_phone[op.key] = cid
         return cid
+
+    def _contact_with_phone(self, phone: str) -> int | None:
+        """The canonical contact holding ``phone`` (another provider may have brought it in this run)."""
+        if self._by_phone is None:
+            self._by_phone = self.book.contact_by_phone()
+        cid = self._by_phone.get(phone)
+        return cid if cid in self.book.contacts else None  # deleted since the index was built
 
     def _update(self, s, op: Operation) -> list[LogEntry]:
         cid = op.canonical_id
