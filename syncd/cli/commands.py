@@ -39,13 +39,22 @@ def _progress_if_terminal():
 def run_sync(app: AppContext, providers: tuple[str, ...], *, dry_run: bool, allow_mass_delete: bool) -> int:
     if dry_run:
         return run_plan(app, providers, detailed_exitcode=False)
+    from syncd.leases import LeaseManager, lease_ttl
     from syncd.sync.run import run_once
 
     _check_names(app, providers)
-    report = asyncio.run(run_once(app.config, app.engine(), only=providers, allow_mass_delete=allow_mass_delete,
-                                    progress=_progress_if_terminal()))
+    config, engine = app.config, app.engine()
+    names = [p.name for p in config.providers if p.enabled and (not providers or p.name in providers)]
+    # The daemon's leases: a manual sync never syncs an account a replica is syncing.
+    with LeaseManager(engine, ttl=lease_ttl(config.schedule.interval_seconds)).hold(names) as held:
+        for busy in held.busy:
+            click.echo(f"error: {busy.describe()}: skipped, try again when that run ends", err=True)
+        if names and not held.claimed:
+            return 1
+        report = asyncio.run(run_once(config, engine, only=held.claimed, allow_mass_delete=allow_mass_delete,
+                                      progress=_progress_if_terminal(), fence_for=held.fence_for))
     print_summary(report)
-    return 1 if report.failed else 0
+    return 1 if report.failed or held.busy else 0
 
 
 def run_plan(app: AppContext, providers: tuple[str, ...], *, detailed_exitcode: bool) -> int:
