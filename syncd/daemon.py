@@ -1,0 +1,489 @@
+"""The daemon, ``syncd run`` (design §4, §7): owns time and signals, and nothing else.
+
+* APScheduler 3 fires one run at start and then every ``schedule.interval_seconds``
+  (job ``max_instances=1``, ``coalesce=True``: a run longer than the interval
+  delays the next tick instead of stacking runs).
+* Each run claims the lease of every enabled account (:mod:`syncd.leases`),
+  skips the accounts another live replica holds, runs
+  :func:`~syncd.sync.run.run_once` on the rest with their fences, renews the
+  leases while it goes on and releases them at the end.
+* SIGTERM/SIGINT set the stop flag: the run takes no new operation, settles
+  the requests in flight (or leaves them ``pending`` for the next run), and the
+  process exits 0. A run that has not stopped after ``stop_grace`` seconds is
+  cancelled (its ``sync_runs`` row marked failed); a still-busy worker after
+  that is abandoned, so the exit is bounded.
+* SIGHUP reloads the configuration; a bad one is logged with every problem
+  and the running configuration is kept.
+* systemd (``Type=notify``): ``READY=1`` once the configuration is valid and
+  the schema current; ``STATUS=`` with the last result per account;
+  ``WATCHDOG=1`` from a scheduler job of its own (so it stops if the
+  scheduler stops, but never because a provider is down); ``STOPPING=1``.
+* Optional Prometheus endpoint (:mod:`syncd.metrics`), and change-log
+  retention: rows older than ``sync.log_retention_days`` are pruned at the
+  first run and then at most once a day (open ``manual`` conflicts are kept).
+
+:func:`serve` is the core, kopf-style: the caller may pass its own ``stop``
+event and ``on_ready`` callback (tests run it in a thread); :func:`serve_cli`
+is what ``syncd run`` calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import Engine, and_, delete, func, not_, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from syncd.config import Config, format_config_error, load_config
+from syncd.db.engine import make_engine
+from syncd.db.migrate import check_schema
+from syncd.db.models import ChangeLogRow, SyncRunRow
+from syncd.errors import ConfigError, SchemaError
+from syncd.leases import Busy, LeaseManager, lease_ttl
+from syncd.logs import configure_logging
+from syncd.metrics import Metrics, MetricsServer, ProviderOutcome
+from syncd.notify import Notifier, watchdog_interval
+from syncd.sync.run import RunReport, owner_id, run_once
+
+if TYPE_CHECKING:
+    from syncd.cli import AppContext
+
+__all__ = ["Daemon", "prune_change_log", "serve", "serve_cli"]
+
+log = structlog.get_logger("syncd.daemon")
+
+ConfigLoader = Callable[[], Config]
+
+#: Seconds the current run gets, after SIGTERM, to settle its requests in flight.
+#: The unit's TimeoutStopSec leaves room for this plus CANCEL_GRACE.
+STOP_GRACE = 20.0
+#: Seconds a cancelled run gets to close its connections before it is abandoned.
+CANCEL_GRACE = 5.0
+#: How often the main thread looks at signals and reload requests.
+_POLL = 0.2
+RETENTION_EVERY = timedelta(days=1)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Daemon:
+    """One ``syncd run`` process: scheduler, signals, leases, notifications, metrics, retention."""
+
+    def __init__(self, config_loader: ConfigLoader, *, config: Config | None = None, engine: Engine | None = None,
+                 stop: threading.Event | None = None, on_ready: Callable[[], None] | None = None,
+                 notifier: Notifier | None = None, client_options: dict[str, dict[str, Any]] | None = None,
+                 stop_grace: float = STOP_GRACE, ttl: float | None = None) -> None:
+        self._load = config_loader
+        self.config = config if config is not None else config_loader()
+        self.engine = engine if engine is not None else open_engine(self.config)
+        self.stop = stop if stop is not None else threading.Event()
+        self.on_ready = on_ready
+        self.notifier = notifier if notifier is not None else Notifier.from_env()
+        self.client_options = client_options
+        self.stop_grace = stop_grace
+        self._fixed_ttl = ttl
+        self.leases = self._lease_manager(self.config, self.engine)
+        self.metrics = Metrics()
+        self.metrics_server: MetricsServer | None = None
+        self.abandoned = False
+        self._lock = threading.Lock()  # guards config/engine/leases swaps on reload
+        self._idle = threading.Event()
+        self._idle.set()
+        self._signal: int | None = None
+        self._reload_requested = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._last_prune: datetime | None = None
+        self._provider_status: dict[str, str] = {}
+        self._scheduler: BackgroundScheduler | None = None
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def serve(self, *, handle_signals: bool = True) -> int:
+        """Run until the stop flag is set (SIGTERM/SIGINT when ``handle_signals``); return the exit code 0."""
+        check_schema(self.engine, allow_create_sqlite=True)
+        self._start_metrics(self.config)
+        self._seed_last_success()
+        previous = self._install_signals() if handle_signals else {}
+        self._scheduler = self._build_scheduler()
+        self._scheduler.start()
+        try:
+            self._announce_ready()
+            self._main_loop()
+        finally:
+            self._shutdown()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        return 0
+
+    def request_reload(self) -> None:
+        """Reload the configuration at the next poll of the main loop (what SIGHUP does)."""
+        self._reload_requested = True
+
+    def _announce_ready(self) -> None:
+        self.notifier.ready()
+        self.notifier.status("ready; first run starting")
+        log.info("daemon.ready", interval_seconds=self.config.schedule.interval_seconds,
+                 lease_ttl=self.leases.ttl, owner=self.leases.owner,
+                 providers=[p.name for p in self.config.providers if p.enabled])
+        if self.on_ready is not None:
+            self.on_ready()
+
+    def _main_loop(self) -> None:
+        while not self.stop.is_set():
+            if self._signal is not None:
+                log.info("daemon.signal", signal=signal.Signals(self._signal).name)
+                self.stop.set()
+                break
+            if self._reload_requested:
+                self._reload_requested = False
+                self.reload()
+            self.stop.wait(_POLL)
+
+    def _install_signals(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        # Handlers only set plain attributes: taking a lock inside a handler can deadlock.
+        def on_stop(signum: int, frame: object) -> None:
+            self._signal = signum
+
+        def on_hup(signum: int, frame: object) -> None:
+            self._reload_requested = True
+
+        handlers = {signal.SIGTERM: on_stop, signal.SIGINT: on_stop, signal.SIGHUP: on_hup}
+        return {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+
+    def _shutdown(self) -> None:
+        self.stop.set()
+        self.notifier.stopping()
+        self.notifier.status("stopping; settling the current run")
+        log.info("daemon.stopping")
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        if not self._idle.wait(self.stop_grace):
+            log.warning("run.cancelling", grace_seconds=self.stop_grace)
+            self._cancel_run()
+            if not self._idle.wait(CANCEL_GRACE):
+                self.abandoned = True
+                log.error("run.abandoned", reason="the run did not stop in time; the next run resumes its work")
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        log.info("daemon.stopped")
+
+    # -- scheduling ---------------------------------------------------------------
+
+    def _build_scheduler(self) -> BackgroundScheduler:
+        # Separate executors: the watchdog job must fire while a long run occupies the sync worker.
+        scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(1), "watchdog": ThreadPoolExecutor(1)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=UTC,
+        )
+        # APScheduler's own WARNING lines are plain text; the listener below says it as an event.
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
+        scheduler.add_listener(self._on_busy_tick, EVENT_JOB_MAX_INSTANCES)
+        scheduler.add_job(self._tick, "interval", seconds=self.config.schedule.interval_seconds, id="sync",
+                          next_run_time=utcnow())
+        beat = watchdog_interval()
+        if beat is not None and self.notifier.enabled:
+            scheduler.add_job(self.notifier.watchdog, "interval", seconds=beat, id="watchdog",
+                              executor="watchdog", next_run_time=utcnow())
+        return scheduler
+
+    def _on_busy_tick(self, event: JobEvent) -> None:
+        if event.job_id == "sync":
+            log.info("run.tick_skipped", reason="the previous run is still going")
+
+    def _tick(self) -> None:
+        """The scheduled job: one run, then retention if due. Never raises."""
+        self._idle.clear()
+        try:
+            if self.stop.is_set():
+                return
+            with self._lock:
+                config, engine, leases = self.config, self.engine, self.leases
+            self._run(config, engine, leases)
+            self._prune_if_due(config, engine)
+        finally:
+            self._idle.set()
+
+    def _run(self, config: Config, engine: Engine, leases: LeaseManager) -> None:
+        started = time.monotonic()
+        names = [p.name for p in config.providers if p.enabled]
+        try:
+            with leases.hold(names) as held:
+                for busy in held.busy:
+                    log.info("lease.busy", provider=busy.provider, holder=busy.owner,
+                             until=busy.expires_at.isoformat())
+                report = None
+                if held.claimed and not self.stop.is_set():
+                    report = self._run_async(run_once(
+                        config, engine, only=held.claimed, trigger="schedule", stopping=self.stop.is_set,
+                        fence_for=held.fence_for, client_options=self.client_options))
+        except asyncio.CancelledError:
+            self._mark_cancelled(engine)
+            return
+        except Exception as exc:  # a crashed run must not end the daemon: log, count, try again next tick
+            log.exception("run.crashed", error=str(exc))
+            self.metrics.runs.labels("error").inc()
+            self.notifier.status(f"last run crashed: {exc}")
+            return
+        self._after_run(report, held.busy, time.monotonic() - started, engine)
+
+    def _run_async(self, coro: Coroutine[Any, Any, RunReport]) -> RunReport:
+        async def main() -> RunReport:
+            self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
+            try:
+                return await coro
+            finally:
+                self._loop = self._task = None
+
+        return asyncio.run(main())
+
+    def _cancel_run(self) -> None:
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None:
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # the loop closed meanwhile: the run is over
+                pass
+
+    def _mark_cancelled(self, engine: Engine) -> None:
+        log.warning("run.cancelled", reason="stopped before the run finished; the next run resumes its work")
+        try:
+            with engine.begin() as conn:
+                conn.execute(update(SyncRunRow).where(SyncRunRow.owner == owner_id(), SyncRunRow.status == "running")
+                             .values(status="failed", finished_at=utcnow(),
+                                     error="stopped before the run finished; the next run resumes its work"))
+        except SQLAlchemyError as exc:
+            log.warning("run.cancel_record_failed", error=str(exc).splitlines()[0])
+
+    # -- after a run ------------------------------------------------------------------
+
+    def _after_run(self, report: RunReport | None, busy: list[Busy], duration: float, engine: Engine) -> None:
+        for b in busy:
+            self._provider_status[b.provider] = "synced by another replica"
+        outcomes = [ProviderOutcome(b.provider, "busy") for b in busy]
+        if report is None:
+            self.metrics.observe_run("skipped", duration, outcomes, [], utcnow())
+            reason = "every enabled account is being synced by another replica" if busy else "no enabled account"
+            log.info("run.skipped", reason=reason, providers=[b.provider for b in busy])
+            self.notifier.status(self._status_line(None))
+            return
+        for p in report.providers:
+            ok = p.status == "ok" and not p.counts.get("failed")
+            outcomes.append(ProviderOutcome(p.name, "ok" if ok else "failed", p.requests, p.retries))
+            self._provider_status[p.name] = _provider_text(p)
+        self.metrics.observe_run(report.status, duration, outcomes, _operation_counts(engine, report.run_id),
+                                 utcnow())
+        log.info("run.finished", run_id=report.run_id, status=report.status, duration=round(duration, 3),
+                 stopped_early=self.stop.is_set(), providers={p.name: p.summary() for p in report.providers})
+        self.notifier.status(self._status_line(report))
+
+    def _status_line(self, report: RunReport | None) -> str:
+        head = (f"last run #{report.run_id} {report.status}" if report is not None else "last run skipped")
+        head += f" at {utcnow():%H:%M:%S} UTC"
+        parts = [f"{name}: {text}" for name, text in sorted(self._provider_status.items())]
+        return "; ".join([head, *parts])
+
+    def _seed_last_success(self) -> None:
+        try:
+            for provider, when in last_successes(self.engine).items():
+                self.metrics.remember_success(provider, when)
+        except SQLAlchemyError as exc:
+            log.warning("metrics.seed_failed", error=str(exc).splitlines()[0])
+
+    # -- retention -----------------------------------------------------------------------
+
+    def _prune_if_due(self, config: Config, engine: Engine) -> None:
+        now = utcnow()
+        if self._last_prune is not None and now - self._last_prune < RETENTION_EVERY:
+            return
+        self._last_prune = now
+        try:
+            pruned = prune_change_log(engine, config.sync.log_retention_days, now=now)
+        except SQLAlchemyError as exc:
+            log.warning("retention.failed", error=str(exc).splitlines()[0])
+            return
+        log.info("retention.pruned", rows=pruned, older_than_days=config.sync.log_retention_days)
+
+    # -- configuration --------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Load the configuration again; on any problem log it and keep the running one. True when swapped."""
+        self.notifier.reloading()
+        try:
+            return self._reload()
+        finally:
+            self.notifier.ready()
+
+    def _reload(self) -> bool:
+        old = self.config
+        try:
+            new = self._load()
+            engine = self.engine if new.database.url == old.database.url else open_engine(new)
+            self._swap_metrics(old, new)
+        except ConfigError as err:
+            log.error("config.reload_failed", problems=err.problems, kept="the running configuration",
+                      message=format_config_error(err))
+            return False
+        except (SchemaError, SQLAlchemyError, OSError) as err:
+            log.error("config.reload_failed", problems=[str(err).splitlines()[0]], kept="the running configuration")
+            return False
+        with self._lock:
+            old_engine, self.config, self.engine = self.engine, new, engine
+            self.leases = self._lease_manager(new, engine)
+        if old_engine is not engine:
+            old_engine.dispose()
+        configure_logging(new.logging.level, new.logging.format, new.secrets())
+        for warning in new.warnings:
+            log.warning("config.warning", message=warning)
+        if new.schedule.interval_seconds != old.schedule.interval_seconds and self._scheduler is not None:
+            self._scheduler.reschedule_job("sync", trigger="interval", seconds=new.schedule.interval_seconds)
+        log.info("config.reloaded", path=str(new.path), interval_seconds=new.schedule.interval_seconds,
+                 providers=[p.name for p in new.providers if p.enabled])
+        return True
+
+    def _lease_manager(self, config: Config, engine: Engine) -> LeaseManager:
+        ttl = self._fixed_ttl or lease_ttl(config.schedule.interval_seconds)
+        return LeaseManager(engine, ttl=ttl)
+
+    def _start_metrics(self, config: Config) -> None:
+        if config.metrics.listen is None:
+            return
+        try:
+            self.metrics_server = MetricsServer(self.metrics, config.metrics.listen)
+        except OSError as exc:
+            raise ConfigError([f"metrics.listen: cannot listen on {config.metrics.listen}: {exc.strerror or exc}"]) from None
+        log.info("metrics.listening", host=self.metrics_server.host, port=self.metrics_server.port)
+
+    def _swap_metrics(self, old: Config, new: Config) -> None:
+        if new.metrics.listen == old.metrics.listen:
+            return
+        previous = self.metrics_server
+        if new.metrics.listen is None:
+            self.metrics_server = None
+        else:  # may raise OSError: the reload then fails with the old server still running
+            self.metrics_server = MetricsServer(self.metrics, new.metrics.listen)
+            log.info("metrics.listening", host=self.metrics_server.host, port=self.metrics_server.port)
+        if previous is not None:
+            previous.close()
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def open_engine(config: Config) -> Engine:
+    """The configured database, refused (SchemaError) when its schema is behind."""
+    engine = make_engine(config.database.url)
+    try:
+        check_schema(engine, allow_create_sqlite=True)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def prune_change_log(engine: Engine, days: int, *, now: datetime | None = None, batch: int = 5000) -> int:
+    """Delete change_log rows older than ``days`` (open manual conflicts kept); the number deleted.
+
+    In batches, so a first prune of a large table never holds SQLite's write lock for long.
+    """
+    cutoff = (now or utcnow()) - timedelta(days=days)
+    open_conflict = and_(ChangeLogRow.action == "conflict", ChangeLogRow.status == "planned",
+                         ChangeLogRow.resolved_at.is_(None))
+    total = 0
+    while True:
+        with engine.begin() as conn:
+            ids = conn.execute(select(ChangeLogRow.id).where(ChangeLogRow.at < cutoff, not_(open_conflict))
+                               .limit(batch)).scalars().all()
+            if ids:
+                conn.execute(delete(ChangeLogRow).where(ChangeLogRow.id.in_(ids)))
+        total += len(ids)
+        if len(ids) < batch:
+            return total
+
+
+def last_successes(engine: Engine, *, runs: int = 500) -> dict[str, datetime]:
+    """When each account last finished a run without failure, from the latest ``runs`` runs."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(SyncRunRow.finished_at, SyncRunRow.summary)
+                            .where(SyncRunRow.finished_at.is_not(None))
+                            .order_by(SyncRunRow.id.desc()).limit(runs)).all()
+    found: dict[str, datetime] = {}
+    for finished_at, summary in rows:
+        for name, counts in ((summary or {}).get("providers") or {}).items():
+            if isinstance(counts, dict) and counts.get("status") == "ok" and not counts.get("failed"):
+                found.setdefault(name, finished_at)
+    return found
+
+
+def _operation_counts(engine: Engine, run_id: int) -> list[tuple[str, str, str, str, int]]:
+    c = ChangeLogRow
+    with engine.connect() as conn:
+        rows = conn.execute(select(c.provider, c.entity, c.action, c.status, func.count())
+                            .where(c.run_id == run_id).group_by(c.provider, c.entity, c.action, c.status)).all()
+    return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+_CHANGE_KEYS = ("created_in", "updated_in", "deleted_in", "created_out", "updated_out", "deleted_out")
+
+
+def _provider_text(p: Any) -> str:
+    if p.status != "ok":
+        return f"failed: {p.error}" if p.error else "failed"
+    changes = sum(p.counts.get(k, 0) for k in _CHANGE_KEYS)
+    failed, rejected = p.counts.get("failed", 0), p.counts.get("rejected", 0)
+    text = f"ok, {changes} change(s)"
+    if failed or rejected:
+        text = f"{'partial' if failed else 'ok'}, {changes} change(s), {failed} failed, {rejected} rejected"
+    return text
+
+
+# -- entry points -----------------------------------------------------------------------------
+
+
+def serve(config_loader: ConfigLoader, *, stop: threading.Event | None = None,
+          on_ready: Callable[[], None] | None = None, handle_signals: bool = True, **options: Any) -> int:
+    """Run the daemon until ``stop`` is set (or SIGTERM/SIGINT); 0 on a clean stop.
+
+    ``config_loader`` is called at start (unless ``config=`` is given) and on
+    every reload. ``options`` go to :class:`Daemon` (``config``, ``engine``,
+    ``notifier``, ``client_options``, ``stop_grace``, ``ttl``).
+    """
+    return Daemon(config_loader, stop=stop, on_ready=on_ready, **options).serve(handle_signals=handle_signals)
+
+
+def serve_cli(app: AppContext) -> int:
+    """``syncd run``: the loaded configuration, the checked database, signals, sd_notify."""
+    config = app.config
+    engine = app.engine()
+    path = config.path
+    if path is None:  # a Config built in code: nothing to reload from
+        def loader() -> Config:
+            raise ConfigError(["the configuration was not read from a file; nothing to reload"])
+    else:
+        def loader() -> Config:
+            return load_config(path)
+    daemon = Daemon(loader, config=config, engine=engine)
+    code = daemon.serve()
+    if daemon.abandoned:
+        # The worker thread is stuck in a request: do not let interpreter shutdown wait for it.
+        logging.shutdown()
+        os._exit(code)
+    return code
