@@ -68,7 +68,7 @@ class Pusher:
         return self.provider.name
 
     async def push(self, ops: Sequence[Operation]) -> None:
-        ordered = [op for op in push_order(ops) if self._due(op)]
+        ordered = [op for op in push_order(ops) if self.waiting_reason(op) is None]
         self._log_skipped([op for op in ordered if op.held or op.skip_reason])
         todo = [op for op in ordered if not (op.held or op.skip_reason) and op.action is not Action.UNLINK]
         stages: list[tuple[Callable, list[Operation]]] = [
@@ -87,16 +87,20 @@ class Pusher:
 
     # -- filtering ----------------------------------------------------------------
 
-    def _due(self, op: Operation) -> bool:
-        """Skip records waiting for a change (rejected) or backing off (failed)."""
+    def waiting_reason(self, op: Operation) -> str | None:
+        """Why a record is not tried now: rejected and unchanged since, or backing off after failures."""
         row = self.ledger.get((op.entity.value, op.canonical_id, None if op.canonical_id else op.remote_id))
         if row is None:
-            return True
+            return None
         if row.status == "rejected":
-            return row.fingerprint != fingerprint(op.after or {})
+            if row.fingerprint == fingerprint(op.after or {}):
+                return f"rejected in change {row.id}; waits until the record changes"
+            return None
         if row.attempts >= self.retry.cap:
-            return False
-        return row.next_attempt_at is None or row.next_attempt_at <= self.now
+            return f"failed {row.attempts} times (last: change {row.id}); see `syncd status`"
+        if row.next_attempt_at is not None and row.next_attempt_at > self.now:
+            return f"failed {row.attempts} times; next attempt after {row.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC"
+        return None
 
     def _log_skipped(self, ops: list[Operation]) -> None:
         if ops:
@@ -187,6 +191,8 @@ class Pusher:
         await self._batched(ops, self.provider.create_contacts)
 
     async def _contacts_update(self, ops: list[Operation]) -> None:
+        if self.provider.capabilities.contact_id_is_phone:
+            await self._retire_old_numbers(ops)
         if self.provider.capabilities.member_changes:
             only_groups = [op for op in ops if _only_groups_differ(op)]
             rest = [op for op in ops if not _only_groups_differ(op)]
@@ -194,6 +200,16 @@ class Pusher:
                 await self._memberships(only_groups)
             ops = rest
         await self._batched(ops, self.provider.update_contacts)
+
+    async def _retire_old_numbers(self, ops: list[Operation]) -> None:
+        """A number changed where the number is the key (smsend): the upsert would add a second
+        contact, so the one under the old number is deleted first."""
+        retired = [Operation(Action.DELETE, Entity.CONTACT, Direction.OUTBOUND,
+                             f"number changed from {op.remote_id} to {op.key}", canonical_id=op.canonical_id,
+                             remote_id=op.remote_id, key=op.remote_id, before=op.before)
+                   for op in ops if op.remote_id and op.remote_id != op.key]
+        if retired:
+            await self._contacts_delete(retired)
 
     async def _contacts_delete(self, ops: list[Operation]) -> None:
         await self._batched(ops, self.provider.delete_contacts, fields_of=lambda op: op.before or {})

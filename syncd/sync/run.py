@@ -10,7 +10,7 @@ import asyncio
 import os
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -174,15 +174,32 @@ async def _pull(store: Store, run_id: int, a: _Account, progress: Callable[[str]
 
 def _plan(book: Book, a: _Account, entity: Entity, config: Config, allow: bool) -> list[Operation]:
     c = a.client
+    links = a.links[entity.value]
     if entity is Entity.GROUP:
         local, remote = project.local_groups(c, book.groups), project.remote_groups(c, a.groups)
     else:
         local = project.local_contacts(c, book.contacts)
         remote = project.remote_contacts(c, a.contacts, a.links["group"])
-    ops = reconcile(entity, a.links[entity.value], local, remote, a.policy)
+        links, remote = _without_invalid(book, links, remote)
+    ops = reconcile(entity, links, local, remote, a.policy)
     canonical = len(book.groups) if entity is Entity.GROUP else len(book.contacts)
     return guard(ops, entity=entity, linked=len(a.links[entity.value]), canonical=canonical,
                  max_fraction=config.sync.max_delete_fraction, allow=allow, provider=a.settings.name)
+
+
+def _without_invalid(book: Book, links: dict[int, BaseRecord], remote: dict[str, Any]
+                     ) -> tuple[dict[int, BaseRecord], dict[str, Any]]:
+    """Hide linked contacts whose canonical row is invalid (a phone typed wrong by SQL).
+
+    Such a row is missing from the book; reconciled as is, its absence would
+    read as a local deletion and delete the contact at every provider. It is
+    reported and left alone on both sides until the row is fixed.
+    """
+    held = {links[cid].remote_id for cid, _, _ in book.invalid if cid in links}
+    if not held:
+        return links, remote
+    return ({cid: link for cid, link in links.items() if link.remote_id not in held},
+            {rid: r for rid, r in remote.items() if rid not in held})
 
 
 def _inbound(store: Store, run_id: int, book: Book, a: _Account, entity: Entity,
@@ -197,12 +214,14 @@ async def _outbound(store: Store, run_id: int, book: Book, a: _Account, config: 
                     stopping: Callable[[], bool], fence: Callable[[], None]) -> None:
     ops = [op for entity in (Entity.GROUP, Entity.CONTACT) for op in _plan(book, a, entity, config, allow)
            if op.direction is Direction.OUTBOUND and op.action is not Action.UNLINK]
-    a.report.plan.extend(ops)
-    if store.dry_run:
-        return
     pusher = Pusher(a.client, store, run_id, a.links, a.contacts, a.report.counts, utcnow(),
                     batch_size=a.settings.batch_size, ledger=store.retry_ledger(a.settings.name),
                     fence=fence, stopping=stopping)
+    waiting = {id(op): pusher.waiting_reason(op) for op in ops}
+    a.report.plan.extend(replace(op, skip_reason=waiting[id(op)]) if waiting[id(op)] else op for op in ops)
+    if store.dry_run:
+        return
+    ops = [op for op in ops if not waiting[id(op)]]
     try:
         await pusher.push(ops)
     except LeaseLost as exc:  # another replica owns the account now: settle nothing more
@@ -226,15 +245,24 @@ def _still_leased(a: _Account, fence: Callable[[], None]) -> bool:
 
 
 def _report_invalid(store: Store, run_id: int, book: Book) -> None:
-    """Canonical rows syncd cannot sync: reported once each in the change log (provider ``*``)."""
-    if not book.invalid:
-        return
-    done = store.invalid_logged()
-    fresh = [(cid, f, reason) for cid, f, reason in book.invalid if (cid, f"{f}: {reason}") not in done]
+    """Canonical rows syncd cannot sync: reported once each in the change log (provider ``*``).
+
+    A report whose row is valid again (or gone) is closed by an ``applied`` row.
+    """
+    open_reports = store.invalid_open()
+    fresh = [(cid, f, reason) for cid, f, reason in book.invalid if open_reports.get(cid) != f"{f}: {reason}"]
+    invalid_ids = {cid for cid, _, _ in book.invalid}
+    fixed = [cid for cid in open_reports if cid not in invalid_ids]
     for cid, f, reason in fresh:
         log.warning("canonical.invalid", canonical_id=cid, field=f, error=reason)
-    if fresh:
+    entries = [LogEntry(_invalid_op(cid, "canonical record cannot be synced"), "*", "rejected", error=f"{f}: {reason}")
+               for cid, f, reason in fresh]
+    entries += [LogEntry(_invalid_op(cid, "canonical record fixed or removed; synced again"), "*", "applied")
+                for cid in fixed]
+    if entries:
         with store.session() as s, s.begin():
-            store.log(s, run_id, [LogEntry(Operation(Action.UPDATE, Entity.CONTACT, Direction.OUTBOUND,
-                                                     "canonical record cannot be synced", canonical_id=cid),
-                                           "*", "rejected", error=f"{f}: {reason}") for cid, f, reason in fresh])
+            store.log(s, run_id, entries)
+
+
+def _invalid_op(cid: int, reason: str) -> Operation:
+    return Operation(Action.UPDATE, Entity.CONTACT, Direction.OUTBOUND, reason, canonical_id=cid)

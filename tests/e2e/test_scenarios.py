@@ -234,3 +234,12 @@ def test_dropped_responses_produce_no_duplicates(world: World):
     assert world.sync().pending_changes == 0
     assert sendhub_numbers(world) == Counter({f"+1650253{i:04d}": 1 for i in range(6)})
     assert smsend_numbers(world) == Counter({f"+1650253{i:04d}": 1 for i in range(6)})
+
+
+def test_number_changed_by_sql_moves_the_smsend_contact(world: World):
+    world.sql("INSERT INTO contacts (phone, name) VALUES ('+393471234567', 'Giulia')")
+    world.sync()
+    world.sql("UPDATE contacts SET phone = '+393479876543' WHERE phone = '+393471234567'")
+    world.sync()
+    assert smsend_numbers(world) == Counter({"+393479876543": 1})
+    assert world.sync().pending_changes == 0
