@@ -26,6 +26,7 @@ import asyncio
 import importlib.util
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -34,6 +35,8 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+import httpx
 
 from syncd.config import ProviderSettings, Secret
 from syncd.model import Contact, ContactWrite
@@ -127,21 +130,42 @@ async def bench_creates(count: int, latency: float, concurrency: int) -> None:
     bound = count * latency / concurrency
     print(f"2. SendHub: {count:,} creates, {latency * 1000:.0f} ms simulator latency, max_concurrency {concurrency}")
     with simulator("sendhub", latency=latency) as info:
+        baseline = await bare_httpx_creates(info, count, concurrency)
         provider = build_provider(settings("sendhub", info, max_concurrency=concurrency), default_region="US")
         writes = [
             ContactWrite(ref=i, phone=phone, fields=provider.project(contact(i, phone)))
             for i, phone in ((i, f"+1289{2_000_000 + i:07d}") for i in range(count))
         ]
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         try:
             outcomes = await provider.create_contacts(writes)
         finally:
             await provider.aclose()
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     failed = [o for o in outcomes if not o.ok]
     print(f"   {count - len(failed):,} created, {len(failed)} failed{f' (first: {failed[0].error})' if failed else ''}")
     print(f"   wall {elapsed:.2f} s vs bound {bound:.2f} s: {elapsed / bound:.2f}x"
-          f" ({'within' if elapsed <= 1.3 * bound else 'OVER'} the 1.3x goal)")
+          f" ({'within' if elapsed <= 1.3 * bound else 'OVER'} the 1.3x goal); client CPU {cpu:.2f} s")
+    print(f"   the same creates from a bare httpx.AsyncClient: wall {baseline[0]:.2f} s, CPU {baseline[1]:.2f} s"
+          f" (the client costs {elapsed / baseline[0]:.2f}x its wall time)")
+
+
+async def bare_httpx_creates(info: dict[str, str], count: int, concurrency: int) -> tuple[float, float]:
+    """The floor set by httpx and the simulator on this machine: bare POSTs, same concurrency."""
+    auth = {"username": info["username"], "api_key": info["api_key"]}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    slots = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=info["base_url"], limits=limits, timeout=30) as client:
+
+        async def create(i: int) -> None:
+            async with slots:
+                body = {"name": f"Bare {i}", "number": f"+1289{5_000_000 + i:07d}"}
+                response = await client.post("/contacts/", params=auth, json=body)
+                response.raise_for_status()
+
+        started, cpu = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(create(i) for i in range(count)))
+        return time.perf_counter() - started, time.process_time() - cpu
 
 
 # -- 3. smsend upserts ----------------------------------------------------------------------
@@ -181,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--upserts", type=int, default=100_000)
     parser.add_argument("--batch-size", type=int, default=500)
     args = parser.parse_args(argv)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"machine: {os.cpu_count()} CPUs, load average {load} (other work on the machine slows every figure)")
     asyncio.run(bench_listing(args.contacts))  # first: the peak RSS figures are this process's
     asyncio.run(bench_creates(args.creates, args.latency, args.concurrency))
     asyncio.run(bench_upserts(args.upserts, args.batch_size))

@@ -154,6 +154,11 @@ def _compact(remote_id: str) -> int | str:
     return int(remote_id) if remote_id.isascii() and remote_id.isdigit() else remote_id
 
 
+def _endpoint(response: httpx.Response) -> str:
+    """``METHOD /path`` of the request behind ``response``, for messages (never the query: it holds the key)."""
+    return f"{response.request.method} {response.request.url.path}"
+
+
 def _has_more(meta: dict[str, Any], objects: list[Any]) -> bool:
     """Whether to ask for the next page: SendHub says there is one and this one was full.
 
@@ -391,7 +396,8 @@ class SendHubProvider:
             elif match:
                 ids.add(match.group(1))
             else:
-                raise self._protocol(f"{endpoint}: contact {contact_id} lists group {excerpt(repr(item), 60)}", operation)
+                problem = f"{endpoint}: contact {contact_id} lists group {excerpt(repr(item), 60)}"
+                raise self._protocol(problem, operation)
         return frozenset(ids)
 
     # -- plumbing ------------------------------------------------------------------
@@ -445,7 +451,7 @@ class SendHubProvider:
 
     def _listing(self, response: httpx.Response, operation: str) -> tuple[dict[str, Any], list[Any]]:
         """``(meta, objects)`` of a list response, checked for shape."""
-        endpoint = f"GET {response.request.url.path}"
+        endpoint = _endpoint(response)
         body = self._json(response, operation)
         if not isinstance(body, dict):
             raise self._protocol(f"{endpoint}: the listing is not a JSON object", operation)
@@ -478,7 +484,7 @@ class SendHubProvider:
                 meta, objects = self._listing(response, operation)
                 offset += len(objects)
                 upcoming = self._fetch(path, operation, query, offset) if _has_more(meta, objects) else None
-                endpoint = f"GET {response.request.url.path}"
+                endpoint = _endpoint(response)
                 fresh = self._fresh(objects, parse, seen, endpoint, operation)
                 if meta.get("total_count") is not None:
                     totals.append(meta["total_count"])
@@ -491,12 +497,15 @@ class SendHubProvider:
                 upcoming.cancel()
 
     def _fetch(self, path: str, operation: str, query: dict[str, Any], offset: int) -> asyncio.Task[httpx.Response]:
-        task = asyncio.ensure_future(self._call("GET", path, operation=operation, params={**query, "offset": offset}))
+        request = self._call("GET", path, operation=operation, params={**query, "offset": offset})
+        task = asyncio.ensure_future(request)
         task.add_done_callback(_consume_outcome)
         return task
 
     @staticmethod
-    def _fresh(objects: list[Any], parse: Callable[..., Any], seen: set[int | str], endpoint: str, operation: str) -> list[Any]:
+    def _fresh(
+        objects: list[Any], parse: Callable[..., Any], seen: set[int | str], endpoint: str, operation: str
+    ) -> list[Any]:
         """The parsed objects whose ids this listing has not yielded yet."""
         fresh = []
         for obj in objects:
@@ -551,7 +560,9 @@ class SendHubProvider:
         """Create a group (SendHub keeps no description); an existing one of that name is returned."""
         try:
             # Re-sending is safe: a second create of the same name answers "Duplicate group name."
-            response = await self._call("POST", "/groups/", operation="create group", record=name, write=True, body={"name": name})
+            response = await self._call(
+                "POST", "/groups/", operation="create group", record=name, write=True, body={"name": name}
+            )
         except Rejected as error:
             if _DUPLICATE_GROUP not in error.reason.lower():
                 raise
@@ -559,17 +570,20 @@ class SendHubProvider:
             if existing is None:
                 raise
             return existing
-        return self.parse_group(self._json(response, "create group", name), endpoint="POST /groups/", operation="create group").remote_id
+        created = self._json(response, "create group", name)
+        return self.parse_group(created, endpoint=_endpoint(response), operation="create group").remote_id
 
     async def update_group(self, remote_id: str, name: str, description: str) -> None:
         """Rename a group (PUT replaces it: id and name)."""
-        await self._call("PUT", f"/groups/{remote_id}/", operation="update group", record=remote_id, write=True,
-                         body={"id": _wire_id(remote_id), "name": name})
+        body = {"id": _wire_id(remote_id), "name": name}
+        await self._call("PUT", f"/groups/{remote_id}/", operation="update group", record=remote_id, write=True, body=body)
 
     async def delete_group(self, remote_id: str) -> None:
         """Delete a group; one already gone counts as deleted."""
         try:
-            await self._call("DELETE", f"/groups/{remote_id}/", operation="delete group", record=remote_id, write=True)
+            await self._call(
+                "DELETE", f"/groups/{remote_id}/", operation="delete group", record=remote_id, write=True
+            )
         except NotFound:
             pass
 
@@ -615,16 +629,17 @@ class SendHubProvider:
                 raise
             return WriteOutcome(ref=write.ref, remote_id=existing.remote_id, note="linked existing contact")
         created = self._json(response, "create contact", write.phone)
+        endpoint = _endpoint(response)
         if not isinstance(created, dict):
-            raise self._protocol("POST /contacts/: the created contact is not a JSON object", "create contact", write.phone)
-        return WriteOutcome(ref=write.ref, remote_id=self._id_of(created, "contact", "POST /contacts/", "create contact"))
+            raise self._protocol(f"{endpoint}: the created contact is not a JSON object", "create contact", write.phone)
+        return WriteOutcome(ref=write.ref, remote_id=self._id_of(created, "contact", endpoint, "create contact"))
 
     async def _update_one(self, write: ContactWrite) -> WriteOutcome:
         remote_id = self._require_id(write)
         body = {"id": _wire_id(remote_id), **self._contact_body(write)}
         # 202 (SEED-002) and 200 (SH-NEW) both mean done; PUT is idempotent, so a lost answer is re-sent.
-        await self._call("PUT", f"/contacts/{remote_id}/", operation="update contact", record=f"{remote_id} ({write.phone})",
-                         write=True, body=body)
+        await self._call("PUT", f"/contacts/{remote_id}/", operation="update contact",
+                         record=f"{remote_id} ({write.phone})", write=True, body=body)
         return WriteOutcome(ref=write.ref, remote_id=remote_id)
 
     async def _delete_one(self, write: ContactWrite) -> WriteOutcome:
@@ -644,48 +659,65 @@ class SendHubProvider:
 
     # -- memberships -----------------------------------------------------------------
 
-    async def change_members(self, group_remote_id: str, add: Sequence[str], remove: Sequence[str]) -> MembershipOutcome:
+    async def change_members(
+        self, group_remote_id: str, add: Sequence[str], remove: Sequence[str]
+    ) -> MembershipOutcome:
         """Add and remove contacts through ``POST /groups/{id}/contacts/`` in batches of ``batch_size``.
 
         SendHub answers 202 and lists per-id problems in ``errors``: a contact
         already in the group counts as added, one not in it as removed, anything
         else is that id's :class:`Rejected`.
         """
-        added: set[str] = set()
-        removed: set[str] = set()
+        done: dict[str, set[str]] = {"add": set(), "remove": set()}
         errors: dict[str, Exception] = {}
-        for op, done, ids in (("add", added, add), ("remove", removed, remove)):
+        for op, ids in (("add", add), ("remove", remove)):
             for chunk in _chunks(list(dict.fromkeys(ids)), self._batch_size):
-                response = await self._call("POST", f"/groups/{group_remote_id}/contacts/", operation=f"{op} group members",
-                                            record=f"group {group_remote_id}", write=True,
-                                            body={op: [_wire_id(i) for i in chunk]})
-                body = self._json(response, f"{op} group members", f"group {group_remote_id}")
-                self._settle_members(op, chunk, body, group_remote_id, done, errors)
-        return MembershipOutcome(added=frozenset(added), removed=frozenset(removed), errors=errors)
+                response = await self._call(
+                    "POST", f"/groups/{group_remote_id}/contacts/", operation=f"{op} group members",
+                    record=f"group {group_remote_id}", write=True, body={op: [_wire_id(i) for i in chunk]},
+                )  # fmt: skip
+                self._settle_members(op, chunk, response, group_remote_id, done[op], errors)
+        return MembershipOutcome(added=frozenset(done["add"]), removed=frozenset(done["remove"]), errors=errors)
 
-    def _settle_members(self, op: str, chunk: Sequence[str], body: Any, group_id: str,
+    def _settle_members(self, op: str, chunk: Sequence[str], response: httpx.Response, group_id: str,
                         done: set[str], errors: dict[str, Exception]) -> None:
+        """Sort each id of ``chunk`` into ``done`` or ``errors`` from SendHub's ``{add, remove, errors}``."""
         operation = f"{op} group members"
-        endpoint = f"POST /groups/{group_id}/contacts/"
-        if not isinstance(body, dict) or not isinstance(body.get(op, []), list) or not isinstance(body.get("errors") or {}, dict):
-            raise self._protocol(f"{endpoint}: the answer is not {{add, remove, errors}}", operation, f"group {group_id}")
-        confirmed = {str(i) for i in body.get(op, [])}
-        messages = (body.get("errors") or {}).get(op) or []
+        confirmed, messages = self._member_answer(op, response, operation, group_id)
         unexplained: list[str] = []
-        benign = _ALREADY_IN if op == "add" else _NOT_IN
-        for message in messages if isinstance(messages, list) else [messages]:
-            text = _text(message)
-            match = benign.match(text)
-            first = text.split(maxsplit=1)[0] if text.split() else ""
-            if match:
-                confirmed.add(match.group(1))
-            elif first in chunk:
-                errors[first] = Rejected(text, provider=self.name, operation=operation, record=f"{first} in group {group_id}")
+        for text in messages:
+            first = text.split(maxsplit=1)[0] if text.strip() else ""
+            if first in chunk:
+                errors[first] = self._member_error(text, first, group_id, operation)
             else:
                 unexplained.append(text)
         for contact_id in chunk:
             if contact_id in confirmed:
                 done.add(contact_id)
             elif contact_id not in errors:
-                reason = "; ".join(unexplained) or f"SendHub did not confirm the {op} ({endpoint})"
-                errors[contact_id] = Rejected(reason, provider=self.name, operation=operation, record=f"{contact_id} in group {group_id}")
+                reason = "; ".join(unexplained) or f"SendHub did not confirm the {op} ({_endpoint(response)})"
+                errors[contact_id] = self._member_error(reason, contact_id, group_id, operation)
+
+    def _member_answer(
+        self, op: str, response: httpx.Response, operation: str, group_id: str
+    ) -> tuple[set[str], list[str]]:
+        """The ids SendHub confirms for ``op`` (benign complaints included) and its other complaints."""
+        body = self._json(response, operation, f"group {group_id}")
+        problems = body.get("errors") if isinstance(body, dict) else None
+        if not isinstance(body, dict) or not isinstance(body.get(op, []), list) or not isinstance(problems or {}, dict):
+            raise self._protocol(f"{_endpoint(response)}: the answer is not {{add, remove, errors}}", operation,
+                                 f"group {group_id}")
+        confirmed = {str(i) for i in body.get(op, [])}
+        messages = (problems or {}).get(op) or []
+        benign = _ALREADY_IN if op == "add" else _NOT_IN
+        others = []
+        for text in map(_text, messages if isinstance(messages, list) else [messages]):
+            match = benign.match(text)
+            if match:
+                confirmed.add(match.group(1))
+            else:
+                others.append(text)
+        return confirmed, others
+
+    def _member_error(self, reason: str, contact_id: str, group_id: str, operation: str) -> Rejected:
+        return Rejected(reason, provider=self.name, operation=operation, record=f"{contact_id} in group {group_id}")

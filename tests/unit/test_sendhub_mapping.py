@@ -223,3 +223,90 @@ def test_the_fast_path_for_sendhub_numbers_answers_what_phonenumbers_would(sendh
     except InvalidPhone:
         expected = number  # an unparseable number is kept raw
     assert sendhub.parse_contact({"id": 1, "number": number}, endpoint=ENDPOINT).phone == expected
+
+
+# -- answers the simulator never gives (httpx.MockTransport) ---------------------------------
+
+
+def mock_provider(handler) -> SendHubProvider:
+    settings = ProviderSettings(
+        name="sh-mock", type="sendhub", base_url="http://sendhub.test/v1", username="u", api_key=Secret("k3y"),
+        requests_per_second=0, batch_size=3,
+    )  # fmt: skip
+    return SendHubProvider(settings, default_region="US", transport=httpx.MockTransport(handler))
+
+
+def contact_json(i: int) -> dict:
+    return {"id": str(1000 + i), "name": f"C {i}", "number": f"+1415200{i:04d}", "groups": []}
+
+
+async def collect(pages) -> list:
+    return [item async for page in pages for item in page]
+
+
+@pytest.mark.anyio
+async def test_a_listing_without_total_count_and_a_smaller_server_limit_is_paged_by_offset():
+    seen_urls: list[httpx.URL] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen_urls.append(request.url)
+        offset = int(request.url.params["offset"])
+        objects = [contact_json(i) for i in range(offset, min(offset + 20, 45))]
+        more = offset + 20 < 45
+        meta = {"limit": 20, "offset": offset, "previous": None,
+                "next": f"/v1/contacts?limit=20&offset={offset + 20}" if more else None}
+        return httpx.Response(200, json={"meta": meta, "objects": objects})
+
+    provider = mock_provider(handler)
+    contacts = await collect(provider.contacts())
+    await provider.aclose()
+    assert [c.remote_id for c in contacts] == [str(1000 + i) for i in range(45)]
+    assert [u.params["offset"] for u in seen_urls] == ["0", "20", "40"]
+    assert {u.path for u in seen_urls} == {"/v1/contacts/"} and all(u.params["api_key"] == "k3y" for u in seen_urls)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"objects": []}, "has no meta object"),
+        ({"meta": {}, "objects": {"1": {}}}, "objects is not a list"),
+        ([], "is not a JSON object"),
+        ({"meta": {"total_count": "3"}, "objects": []}, "total_count is not a number"),
+    ],
+)
+async def test_a_listing_of_the_wrong_shape_is_a_protocol_error_naming_the_endpoint(body, problem):
+    provider = mock_provider(lambda request: httpx.Response(200, json=body))
+    with pytest.raises(ProtocolError, match=problem) as caught:
+        await collect(provider.groups())
+    await provider.aclose()
+    assert "GET /v1/groups/" in str(caught.value) and "k3y" not in str(caught.value)
+
+
+@pytest.mark.anyio
+async def test_membership_complaints_sendhub_words_differently_reject_the_ids_concerned():
+    def handler(request: httpx.Request) -> httpx.Response:
+        ids = json.loads(request.content)["add"]
+        answer = {"add": [i for i in ids if i == 1], "remove": [],
+                  "errors": {"add": ["2 is blocked", "something odd happened"]}}
+        return httpx.Response(202, json=answer)
+
+    provider = mock_provider(handler)
+    outcome = await provider.change_members("7", add=["1", "2", "3"], remove=[])
+    await provider.aclose()
+    assert outcome.added == frozenset({"1"})
+    assert str(outcome.errors["2"]).endswith("2 is blocked") and outcome.errors["2"].record == "2 in group 7"
+    assert str(outcome.errors["3"]).endswith("something odd happened")
+
+
+@pytest.mark.anyio
+async def test_find_contact_never_links_a_contact_with_another_number():
+    stranger = contact_json(1)  # a server ignoring the number= filter answers everyone
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.params["number"] == "+14152000002"
+        return httpx.Response(200, json={"meta": {"next": None, "total_count": 1}, "objects": [stranger]})
+
+    provider = mock_provider(handler)
+    assert await provider.find_contact("+14152000002") is None
+    await provider.aclose()
