@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
 from collections.abc import Mapping
 
@@ -33,8 +32,6 @@ class Notifier:
 
     def __init__(self, address: str | None) -> None:
         self.address = address or None
-        self._socket: socket.socket | None = None
-        self._lock = threading.Lock()  # the watchdog job sends from another thread
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Notifier:
@@ -51,10 +48,9 @@ class Notifier:
             return False
         target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
         try:
-            with self._lock:
-                if self._socket is None:
-                    self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                self._socket.sendto("\n".join(lines).encode("utf-8", "replace"), target)
+            # A socket per message, as libsystemd's sd_notify does: nothing to share between threads or to leak.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.sendto("\n".join(lines).encode("utf-8", "replace"), target)
         except OSError as exc:
             log.warning("notify.failed", socket=self.address, message=lines[0].split("=", 1)[0], error=str(exc))
             return False
@@ -76,12 +72,6 @@ class Notifier:
 
     def stopping(self) -> bool:
         return self.send("STOPPING=1")
-
-    def close(self) -> None:
-        with self._lock:
-            if self._socket is not None:
-                self._socket.close()
-                self._socket = None
 
 
 def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
