@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from syncd.errors import (
     excerpt,
 )
 
-__all__ = ["HttpSession", "RetryPolicy", "TokenBucket", "default_error", "parse_json"]
+__all__ = ["HttpSession", "RetryPolicy", "TokenBucket", "default_error", "parse_json", "redact_credentials"]
 
 log = structlog.get_logger("syncd.http")
 
@@ -130,7 +131,7 @@ def default_error(response: httpx.Response, *, provider: str, operation: str, re
     if 200 <= status < 300:
         return None
     kw: dict[str, Any] = dict(provider=provider, operation=operation, record=record, status=status)
-    reason = excerpt(response.text) or response.reason_phrase or "no reason given"
+    reason = excerpt(redact_credentials(response.text)) or response.reason_phrase or "no reason given"
     if status in (401, 403):
         return AuthError(reason or "credentials refused", **kw)
     if status == 404:
@@ -220,6 +221,12 @@ class HttpSession:
                 error.__cause__ = exc
             except httpx.TransportError as exc:
                 error = self._lost_response(exc, idempotent, operation, record)
+            except httpx.RequestError as exc:
+                # The answer arrived but cannot be read (e.g. a body declared gzip that is not):
+                # sending the same request again would get the same answer.
+                error = ProtocolError(f"unreadable response to {method} {path.split('?', 1)[0]}: {exc}",
+                                      provider=self.provider, operation=operation, record=record)
+                error.__cause__ = exc
             if error is None:
                 return response
             if not self._should_retry(error, attempt, started):
@@ -265,12 +272,28 @@ class HttpSession:
         return self.retry.backoff(attempt, self._rng)
 
 
+#: ``name=value`` of the query parameters that carry credentials, as a body may echo them
+#: (SendHub's ``meta.next`` repeats ``api_key``). Blanked before a body is quoted, so that
+#: not even the start of a key survives an excerpt cut through it.
+_CREDENTIAL_PARAM = re.compile(r"((?:api_key|password|access_token|session_key)=)[^&\s\"'<>]*", re.IGNORECASE)
+
+
+def redact_credentials(text: str) -> str:
+    """``text`` with the values of credential query parameters replaced by ``***``."""
+    return _CREDENTIAL_PARAM.sub(r"\1***", text)
+
+
 def parse_json(response: httpx.Response, *, provider: str, operation: str, record: str = "") -> Any:
-    """The response body as JSON, or a ProtocolError naming the endpoint."""
+    """The response body as JSON, or a ProtocolError naming the endpoint.
+
+    Malformed covers invalid syntax, invalid UTF-8 and nesting too deep to
+    decode (RecursionError: ten thousand ``[`` are a few kilobytes).
+    """
     try:
         return json.loads(response.content)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        start = excerpt(redact_credentials(response.text[:1000]), 80)
         raise ProtocolError(
-            f"malformed JSON from {response.request.method} {response.request.url.path}: {exc}; body starts {excerpt(response.text, 80)!r}",
+            f"malformed JSON from {response.request.method} {response.request.url.path}: {exc}; body starts {start!r}",
             provider=provider, operation=operation, record=record, status=response.status_code,
         ) from exc
