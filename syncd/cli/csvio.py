@@ -43,7 +43,8 @@ not in it are left alone. ``opted_out`` is sticky: a yes sets it, nothing
 clears it. Groups are matched by :func:`syncd.model.group_key` and created
 when missing; memberships are added, never removed (a CSV lists what a contact
 is in, not what it left). An unchanged contact is not written, so its
-``updated_at`` and the next sync stay quiet.
+``updated_at`` and the next sync stay quiet. An ``extra`` that SQL left as
+something other than a JSON object is kept unless the file gives extra values.
 
 Export
 ======
@@ -59,6 +60,16 @@ an interrupted export leaves no half file, and the result is readable by its
 owner only (mode 0600: it holds personal data). A group name containing ``;``
 and an ``extra`` that is not a JSON object cannot be written faithfully: each
 is named in a warning.
+
+Exit codes
+==========
+0 done (also with ``--skip-invalid`` and skipped rows: they are printed as
+warnings); 2 nothing imported because of the file (or an export file that
+cannot be written); 1 the database failed and the import was rolled back.
+
+Import and export share the format's rules (the ``extra.`` prefix, the quote
+that neutralises formulas, the group separator), which must stay in step: that
+is why both live in this one module, longer than most.
 """
 
 from __future__ import annotations
@@ -193,7 +204,7 @@ def import_csv(app: AppContext, file: str, *, skip_invalid: bool) -> int:
     try:
         text, warning = read_text(Path(file))
         if warning:
-            click.echo(f"warning: {file}:{warning}", err=True)
+            click.echo(f"warning: {warning.render(file)}", err=True)
         parsed = parse_csv(text, app.config.sync.default_region)
     except OSError as exc:
         click.echo(f"error: cannot read {file}: {exc.strerror or exc}", err=True)
@@ -243,7 +254,7 @@ def _report(label: str, problems: Iterable[Problem]) -> None:
 # --- reading and validating --------------------------------------------------------
 
 
-def read_text(path: Path) -> tuple[str, str | None]:
+def read_text(path: Path) -> tuple[str, Problem | None]:
     """The file's text and, when it was not UTF-8, a warning naming the encoding used instead."""
     data = path.read_bytes()
     nul = data.find(b"\0")
@@ -261,14 +272,14 @@ def read_text(path: Path) -> tuple[str, str | None]:
     return text, warning
 
 
-def _decode_legacy(data: bytes, bad: int) -> tuple[str, str]:
+def _decode_legacy(data: bytes, bad: int) -> tuple[str, Problem]:
     line, col = _position(data, bad)
     try:
         text, name = data.decode("cp1252"), "Windows-1252 (Latin-1)"
     except UnicodeDecodeError:  # bytes cp1252 leaves undefined: ISO-8859-1 maps every byte
         text, name = data.decode("latin-1"), "ISO-8859-1 (Latin-1)"
-    return text, (f"{line}: not UTF-8 (byte 0x{data[bad]:02x} at byte {col} of the line); read the file as "
-                  f"{name}: check accented letters, or re-save it as CSV UTF-8")
+    return text, Problem(line, f"not UTF-8 (byte 0x{data[bad]:02x} at byte {col} of the line); read the file as "
+                               f"{name}: check accented letters, or re-save it as CSV UTF-8")
 
 
 def _position(data: bytes, offset: int) -> tuple[int, int]:
@@ -283,11 +294,10 @@ def parse_csv(text: str, region: str) -> Parsed:
     if first is None:
         raise CsvFileError([Problem(0, "the file has no header line")])
     columns = parse_header(*first)
-    parsed = Parsed()
-    seen: dict[str, int] = {}
+    parsed, reader = Parsed(), _RowReader(columns, region)
     try:
         for line, cells in rows:
-            record, problems = _parse_row(line, cells, columns, region, seen)
+            record, problems = reader.read(line, cells)
             if record is not None:
                 parsed.records.append(record)
             else:
@@ -315,7 +325,9 @@ def _rows(reader: Any) -> Iterator[tuple[int, list[str]]]:
 
 def parse_header(line: int, cells: list[str]) -> tuple[Column, ...]:
     """The columns the header names; every problem (empty, repeated, no phone) raised at once."""
-    problems, columns, seen = [], [], {}
+    problems: list[Problem] = []
+    columns: list[Column] = []
+    seen: dict[tuple[bool, str], int] = {}
     for index, raw in enumerate(cells, 1):
         label = unneutralise(raw).strip()
         if not label:
@@ -352,37 +364,45 @@ def _no_phone(cells: list[str]) -> str:
     return message
 
 
-def _parse_row(line: int, cells: list[str], columns: Sequence[Column], region: str,
-               seen: dict[str, int]) -> tuple[Record | None, list[Problem]]:
-    if len(cells) != len(columns):
-        return None, [Problem(line, f"{len(cells)} cells, but the header has {len(columns)} columns")]
-    values: dict[Column, Any] = {}
-    problems = []
-    for column, raw in zip(columns, cells, strict=True):
-        try:
-            values[column] = _read_cell(column, unneutralise(raw), region)
-        except (_Invalid, InvalidPhone) as exc:
-            problems.append(Problem(line, str(exc), column.label))
-    index = next(i for i, c in enumerate(columns) if c.field == "phone" and not c.extra)
-    phone = values.get(columns[index])
-    if phone is not None and seen.setdefault(phone, line) != line:
-        problems.append(Problem(line, f"{cells[index].strip()!r} is the same number as line {seen[phone]} ({phone})",
-                                columns[index].label))
-    if problems or phone is None:
-        return None, problems
-    return _record(line, phone, values), []
+class _RowReader:
+    """Validates data rows against the header, remembering the first line of each number."""
 
+    def __init__(self, columns: Sequence[Column], region: str) -> None:
+        self.columns = columns
+        self.region = region
+        self.phone_at = next(i for i, c in enumerate(columns) if c.field == "phone" and not c.extra)
+        self.seen: dict[str, int] = {}
 
-def _record(line: int, phone: str, values: dict[Column, Any]) -> Record:
-    known = {c.field: v for c, v in values.items() if not c.extra}
-    return Record(
-        line=line,
-        phone=phone,
-        fields={k: known[k] for k in ("name", "surname", "email") if k in known},
-        extra={c.field: v if v.strip() else "" for c, v in values.items() if c.extra},
-        groups=known.get("groups", ()),
-        opted_out=known.get("opted_out", False),
-    )
+    def read(self, line: int, cells: list[str]) -> tuple[Record | None, list[Problem]]:
+        if len(cells) != len(self.columns):
+            return None, [Problem(line, f"{len(cells)} cells, but the header has {len(self.columns)} columns")]
+        values: list[Any] = []
+        problems: list[Problem] = []
+        for column, raw in zip(self.columns, cells, strict=True):
+            try:
+                values.append(_read_cell(column, unneutralise(raw), self.region))
+            except (_Invalid, InvalidPhone) as exc:
+                values.append(None)
+                problems.append(Problem(line, str(exc), column.label))
+        phone = values[self.phone_at]
+        if phone is not None and self.seen.setdefault(phone, line) != line:
+            raw = cells[self.phone_at].strip()
+            problems.append(Problem(line, f"{raw!r} is the same number as line {self.seen[phone]} ({phone})",
+                                    self.columns[self.phone_at].label))
+        if problems:
+            return None, problems
+        return self._record(line, phone, values), []
+
+    def _record(self, line: int, phone: str, values: list[Any]) -> Record:
+        known: dict[str, Any] = {}
+        extra: dict[str, str] = {}
+        for column, value in zip(self.columns, values, strict=True):
+            if column.extra:
+                extra[column.field] = value if value.strip() else ""
+            else:
+                known[column.field] = value
+        return Record(line=line, phone=phone, fields={k: known[k] for k in ("name", "surname", "email") if k in known},
+                      extra=extra, groups=known.get("groups", ()), opted_out=known.get("opted_out", False))
 
 
 def _read_cell(column: Column, value: str, region: str) -> Any:
@@ -407,7 +427,7 @@ def _email(value: str, _region: str) -> str:
 
 
 def _groups(value: str, _region: str) -> tuple[str, ...]:
-    names = {}
+    names: dict[str, str] = {}
     for name in value.split(GROUP_SEPARATOR):
         if name.strip():
             names.setdefault(group_key(name), name.strip())
@@ -439,26 +459,25 @@ def apply_records(engine: Engine, records: Sequence[Record], region: str) -> Cou
     with Session(engine.execution_options(sqlite_begin="IMMEDIATE")) as s, s.begin():
         group_ids = _ensure_groups(s, records, counts)
         existing = _existing_contacts(s, {r.phone for r in records}, region)
-        members = {(c, g) for c, g in s.execute(select(GroupMemberRow.contact_id, GroupMemberRow.group_id))}
         new = [r for r in records if r.phone not in existing]
-        ids = _insert_contacts(s, new)
-        counts.created = len(new)
-        memberships, updates = [], []
+        ids = _insert_contacts(s, new) | {phone: row.id for phone, row in existing.items()}
+        members = {(c, g) for c, g in s.execute(select(GroupMemberRow.contact_id, GroupMemberRow.group_id))}
+        memberships: list[tuple[int, int]] = []
+        updates: list[dict[str, Any]] = []
         for record in records:
-            cid = ids.get(record.phone) or existing[record.phone].id
-            added = [(cid, group_ids[group_key(g)]) for g in record.groups
-                     if (cid, group_ids[group_key(g)]) not in members]
+            cid = ids[record.phone]
+            added = sorted({(cid, group_ids[group_key(name)]) for name in record.groups} - members)
+            change = _update_for(existing[record.phone], record) if record.phone in existing else None
             memberships += added
+            updates += [change] if change else []
             if record.phone in existing:
-                change = _update_for(existing[record.phone], record)
-                updates += [change] if change else []
                 counts.updated += bool(change or added)
                 counts.unchanged += not (change or added)
         if updates:
             s.execute(update(ContactRow), updates)
         if memberships:
             s.execute(insert(GroupMemberRow), [{"contact_id": c, "group_id": g} for c, g in memberships])
-        counts.memberships_added = len(memberships)
+    counts.created, counts.memberships_added = len(new), len(memberships)
     return counts
 
 
@@ -511,18 +530,26 @@ def _insert_contacts(s: Session, records: Sequence[Record]) -> dict[str, int]:
 
 def _update_for(row: Any, record: Record) -> dict[str, Any] | None:
     """The bulk-update values for ``row`` after ``record``, or None when nothing changes."""
-    extra = dict(row.extra) if isinstance(row.extra, dict) else {}
-    for key, value in record.extra.items():
-        if value:
-            extra[key] = value
-        else:
-            extra.pop(key, None)
     before = {"name": row.name, "surname": row.surname, "email": row.email, "extra": row.extra,
               "opted_out": bool(row.opted_out)}
-    after = {**before, **record.fields, "extra": extra, "opted_out": bool(row.opted_out) or record.opted_out}
+    after = {**before, **record.fields, "extra": _merged_extra(row.extra, record.extra),
+             "opted_out": bool(row.opted_out) or record.opted_out}
     if after == before:
         return None
     return {"id": row.id, **after, "updated_at": datetime.now(UTC)}
+
+
+
+def _merged_extra(stored: Any, updates: dict[str, str]) -> Any:
+    """``stored`` with the file's extra keys set (or removed, for empty cells)."""
+    if not isinstance(stored, dict):
+        # Not an object (written by SQL; the engine reports it): replaced only when the file gives values.
+        if not any(updates.values()):
+            return stored
+        stored = {}
+    merged = {k: v for k, v in stored.items() if k not in updates}
+    merged.update((k, v) for k, v in updates.items() if v)
+    return merged
 
 
 # --- export ------------------------------------------------------------------------

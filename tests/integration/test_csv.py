@@ -108,6 +108,11 @@ def sqlite_cli(sqlite_url: str, tmp_path: Path, sqlite_template: Path) -> Iterat
     yield from _cli(sqlite_url, tmp_path, sqlite_template)
 
 
+def updated_at(cli: Cli) -> list[Any]:
+    with cli.engine.connect() as connection:
+        return [None, *connection.scalars(select(ContactRow.updated_at).order_by(ContactRow.id))]
+
+
 def read_csv(path: str) -> list[list[str]]:
     with open(path, encoding="utf-8", newline="") as f:
         return list(csv.reader(f))
@@ -136,18 +141,25 @@ def test_import_creates_contacts_with_extra_columns_and_groups_matched_case_inse
 def test_import_updates_by_number_keeps_what_the_file_does_not_mention_and_never_clears_opt_out(cli: Cli) -> None:
     cli.sql("INSERT INTO contacts (phone, name, surname, email, extra, opted_out) VALUES "
             "('(202) 555-0143', 'Ann', 'Lee', 'old@example.org', :extra, true), "
-            "('+12025550144', 'Bob', 'Ross', '', '{}', false)", extra=json.dumps({"keep": "me", "drop": "x"}))
+            "('+12025550144', 'Bob', 'Ross', '', '{}', false), ('+12025550145', 'Cy', '', '', '[1, 2]', false)",
+            extra=json.dumps({"keep": "me", "drop": "x"}))
     cli.sql("INSERT INTO groups (name) VALUES ('Old')")
     cli.sql("INSERT INTO group_members (group_id, contact_id) VALUES (1, 1)")
+    stamps = updated_at(cli)
     path = cli.file("phone,name,email,drop,opted_out,groups\n"
                     "+12025550143,Annie,new@example.org,,no,New\n"
-                    "2025550144,Bob,,,,\n")
+                    "2025550144,Bob,,,,\n"
+                    "2025550145,Cy,,,,\n")
     result = cli("import", path)
     assert result.exit_code == 0, result.output
-    assert "0 created, 1 updated, 1 unchanged, 1 groups created, 1 memberships added" in result.stdout
-    ann = cli.contacts()["(202) 555-0143"]  # matched through normalisation; the engine rewrites the phone later
-    assert ann == {"name": "Annie", "surname": "Lee", "email": "new@example.org", "extra": {"keep": "me"},
-                   "opted_out": True, "groups": {"Old", "New"}}
+    assert "0 created, 1 updated, 2 unchanged, 1 groups created, 1 memberships added" in result.stdout
+    contacts = cli.contacts()
+    assert contacts["(202) 555-0143"] == {  # matched through normalisation; the engine rewrites the phone later
+        "name": "Annie", "surname": "Lee", "email": "new@example.org", "extra": {"keep": "me"}, "opted_out": True,
+        "groups": {"Old", "New"}}
+    assert contacts["+12025550145"]["extra"] == [1, 2]  # not an object: left for the engine to report
+    after = updated_at(cli)
+    assert after[1] > stamps[1] and after[2:] == stamps[2:]  # unchanged rows are not written
 
 
 def test_a_utf8_file_with_a_byte_order_mark_reads_its_first_column(sqlite_cli: Cli) -> None:
