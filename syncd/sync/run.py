@@ -120,7 +120,7 @@ async def run_once(config: Config, engine: Engine, *, only: Sequence[str] = (), 
     reports = [a.report for a in accounts]
     status = _run_status(reports)
     store.finish_run(run_id, status, {"providers": {r.name: r.summary() for r in reports}})
-    return RunReport(run_id, status, reports, book.invalid)
+    return RunReport(run_id, status, reports, book.invalid + book.invalid_groups)
 
 
 def _account(config: Config, settings: ProviderSettings, options: dict[str, Any]) -> _Account:
@@ -174,28 +174,28 @@ async def _pull(store: Store, run_id: int, a: _Account, progress: Callable[[str]
 
 def _plan(book: Book, a: _Account, entity: Entity, config: Config, allow: bool) -> list[Operation]:
     c = a.client
-    links = a.links[entity.value]
+    group_links, groups = _without_invalid(book.invalid_groups, a.links["group"], a.groups)
     if entity is Entity.GROUP:
-        local, remote = project.local_groups(c, book.groups), project.remote_groups(c, a.groups)
+        links, local, remote = group_links, project.local_groups(c, book.groups), project.remote_groups(c, groups)
     else:
         local = project.local_contacts(c, book.contacts)
-        remote = project.remote_contacts(c, a.contacts, a.links["group"])
-        links, remote = _without_invalid(book, links, remote)
+        links, contacts = _without_invalid(book.invalid, a.links["contact"], a.contacts)
+        remote = project.remote_contacts(c, contacts, group_links)
     ops = reconcile(entity, links, local, remote, a.policy)
     canonical = len(book.groups) if entity is Entity.GROUP else len(book.contacts)
     return guard(ops, entity=entity, linked=len(a.links[entity.value]), canonical=canonical,
                  max_fraction=config.sync.max_delete_fraction, allow=allow, provider=a.settings.name)
 
 
-def _without_invalid(book: Book, links: dict[int, BaseRecord], remote: dict[str, Any]
+def _without_invalid(invalid: list[tuple[int, str, str]], links: dict[int, BaseRecord], remote: dict[str, Any]
                      ) -> tuple[dict[int, BaseRecord], dict[str, Any]]:
-    """Hide linked contacts whose canonical row is invalid (a phone typed wrong by SQL).
+    """Hide linked records whose canonical row is invalid (a phone typed wrong by SQL).
 
     Such a row is missing from the book; reconciled as is, its absence would
-    read as a local deletion and delete the contact at every provider. It is
+    read as a local deletion and delete the record at every provider. It is
     reported and left alone on both sides until the row is fixed.
     """
-    held = {links[cid].remote_id for cid, _, _ in book.invalid if cid in links}
+    held = {links[cid].remote_id for cid, _, _ in invalid if cid in links}
     if not held:
         return links, remote
     return ({cid: link for cid, link in links.items() if link.remote_id not in held},
@@ -250,19 +250,21 @@ def _report_invalid(store: Store, run_id: int, book: Book) -> None:
     A report whose row is valid again (or gone) is closed by an ``applied`` row.
     """
     open_reports = store.invalid_open()
-    fresh = [(cid, f, reason) for cid, f, reason in book.invalid if open_reports.get(cid) != f"{f}: {reason}"]
-    invalid_ids = {cid for cid, _, _ in book.invalid}
-    fixed = [cid for cid in open_reports if cid not in invalid_ids]
-    for cid, f, reason in fresh:
-        log.warning("canonical.invalid", canonical_id=cid, field=f, error=reason)
-    entries = [LogEntry(_invalid_op(cid, "canonical record cannot be synced"), "*", "rejected", error=f"{f}: {reason}")
-               for cid, f, reason in fresh]
-    entries += [LogEntry(_invalid_op(cid, "canonical record fixed or removed; synced again"), "*", "applied")
-                for cid in fixed]
+    invalid = {(entity, cid): f"{f}: {reason}" for entity, rows in ((Entity.CONTACT, book.invalid),
+                                                                    (Entity.GROUP, book.invalid_groups))
+               for cid, f, reason in rows}
+    fresh = [(key, error) for key, error in invalid.items() if open_reports.get((key[0].value, key[1])) != error]
+    fixed = [(Entity(entity), cid) for entity, cid in open_reports if (Entity(entity), cid) not in invalid]
+    for (entity, cid), error in fresh:
+        log.warning("canonical.invalid", entity=entity.value, canonical_id=cid, error=error)
+    entries = [LogEntry(_invalid_op(key, "canonical record cannot be synced"), "*", "rejected", error=error)
+               for key, error in fresh]
+    entries += [LogEntry(_invalid_op(key, "canonical record fixed or removed; synced again"), "*", "applied")
+                for key in fixed]
     if entries:
         with store.session() as s, s.begin():
             store.log(s, run_id, entries)
 
 
-def _invalid_op(cid: int, reason: str) -> Operation:
-    return Operation(Action.UPDATE, Entity.CONTACT, Direction.OUTBOUND, reason, canonical_id=cid)
+def _invalid_op(key: tuple[Entity, int], reason: str) -> Operation:
+    return Operation(Action.UPDATE, key[0], Direction.OUTBOUND, reason, canonical_id=key[1])
