@@ -10,7 +10,7 @@ import structlog
 
 from syncd.errors import AuthError, NotFound, ProtocolError, Rejected, TransientError
 from syncd.providers.http import RetryPolicy
-from tests.contract.test_contract import flatten, listed_groups, person, write
+from tests.contract.test_contract import counted, flatten, listed_groups, person, write
 
 pytestmark = pytest.mark.anyio
 
@@ -19,10 +19,6 @@ pytestmark = pytest.mark.anyio
 def kind() -> str:
     """Every test here is about SendHub."""
     return "sendhub"
-
-
-def count(server, endpoint: str) -> int:
-    return server.request_counts().get(endpoint, 0)
 
 
 # -- contacts ----------------------------------------------------------------------------
@@ -36,7 +32,7 @@ async def test_a_number_sendhub_cannot_hold_is_sent_and_rejected_with_sendhubs_r
     assert outcome.error.field == "number"
     assert outcome.error.reason == "Only 10 digit numbers are accepted."
     assert str(outcome.error).startswith("sendhub-test: create contact +393401234567 rejected (field number) (HTTP 400)")
-    assert count(server, "POST /v1/contacts") == 1
+    assert await counted(server, "POST /v1/contacts", 1) == 1
 
 
 async def test_a_create_for_a_number_sendhub_already_holds_links_that_contact(env):
@@ -142,7 +138,7 @@ async def test_membership_changes_go_in_batches_of_batch_size(simulator, connect
     server.reset_counts()
     outcome = await provider.change_members(group, add=ids, remove=[])
     assert outcome.added == frozenset(ids)
-    assert count(server, "POST /v1/groups/{id}/contacts") == 3
+    assert await counted(server, "POST /v1/groups/{id}/contacts", 3) == 3
 
 
 # -- secrets -------------------------------------------------------------------------------
