@@ -68,7 +68,7 @@ from syncd.errors import (
 from syncd.model import Contact, ContactWrite, Fields, RemoteContact, RemoteGroup, WriteOutcome, group_key
 from syncd.phones import InvalidPhone, to_e164
 from syncd.providers.base import Capabilities, MembershipOutcome
-from syncd.providers.http import HttpSession, RequestStats, RetryPolicy, parse_json
+from syncd.providers.http import HttpSession, RequestStats, RetryPolicy, parse_json, redact_credentials
 
 __all__ = ["PAGE_LIMIT", "RESERVED", "SendHubProvider", "full_name", "sendhub_error", "split_name"]
 
@@ -88,7 +88,7 @@ _DUPLICATE_NUMBER = "already in your contacts"
 _DUPLICATE_GROUP = "duplicate group name"
 _ALREADY_IN = re.compile(r"^\s*(\S+) is the id of a contact who is already in this group")
 _NOT_IN = re.compile(r"^\s*(\S+) is not an id of a contact in the group")
-_GROUP_URI = re.compile(r"/groups/([^/?#]+)/?$")
+_GROUP_URI = re.compile(r"/groups/([0-9]+)/?$")
 # How SendHub stores and echoes every number: +1 and 10 digits, the area code not starting with 0 or 1.
 _STORED_NUMBER = re.compile(r"\+1[2-9][0-9]{9}")
 _TIME_LEFT = re.compile(r"^\s*(\d+):([0-5]\d):([0-5]\d)\s*$")
@@ -186,7 +186,7 @@ def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
 def _body(response: httpx.Response) -> Any:
     try:
         return json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
 
@@ -376,10 +376,16 @@ class SendHubProvider:
             return str(number)  # kept raw: the engine reports it, matching simply fails
 
     def _id_of(self, obj: dict[str, Any], kind: str, endpoint: str, operation: str) -> str:
+        """The object's id as SendHub's string of digits; ProtocolError for anything else.
+
+        The id goes into later request paths (``/contacts/{id}/``): an id such as
+        ``../groups/5`` would turn a contact delete into a group delete.
+        """
         value = obj.get("id")
-        if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
-            raise self._protocol(f"{endpoint}: a {kind} has no id (got {excerpt(repr(value), 40)})", operation)
-        return str(value)
+        text = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else ""
+        if not (text.isascii() and text.isdigit()):
+            raise self._protocol(f"{endpoint}: a {kind} has no id of digits (got {excerpt(repr(value), 40)})", operation)
+        return text
 
     def _group_ids(self, value: Any, contact_id: str, endpoint: str, operation: str) -> frozenset[str]:
         if value is None:
@@ -407,8 +413,11 @@ class SendHubProvider:
 
     def _scrub(self, error: ProviderError) -> ProviderError:
         """Blank the api_key out of an error, should a body or URL have echoed it."""
-        if self._secret and self._secret in error.reason:
-            error.reason = error.reason.replace(self._secret, "***")
+        scrubbed = redact_credentials(error.reason)
+        if self._secret:
+            scrubbed = scrubbed.replace(self._secret, "***")
+        if scrubbed != error.reason:
+            error.reason = scrubbed
             error.args = (error._render(),)
         return error
 
@@ -463,6 +472,9 @@ class SendHubProvider:
         total = meta.get("total_count")
         if total is not None and (isinstance(total, bool) or not isinstance(total, int)):
             raise self._protocol(f"{endpoint}: meta.total_count is not a number", operation)
+        # Both API variants always send meta.next; without it, a listing would just stop here.
+        if not isinstance(meta.get("next", 0), str | None):
+            raise self._protocol(f"{endpoint}: meta.next is missing or not a link", operation)
         return meta, objects
 
     async def _pages(
