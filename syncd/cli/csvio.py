@@ -408,9 +408,8 @@ class _RowReader:
 def _read_cell(column: Column, value: str, region: str) -> Any:
     if len(value) > MAX_CELL:
         raise _Invalid(f"value is {len(value):,} characters long (at most {MAX_CELL:,})")
-    if column.extra:
-        return value
-    return _CONVERTERS.get(column.field, lambda v, _r: v)(value, region)
+    convert = _CONVERTERS.get(column.field) if not column.extra else None
+    return convert(value, region) if convert else value  # name, surname and extra values are kept as written
 
 
 def _phone(value: str, region: str) -> str:
