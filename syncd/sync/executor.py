@@ -251,6 +251,9 @@ class Pusher:
             self.mirror.pop(remote_id, None)
             return
         after = dict(op.after or {})
+        if "groups" in after:  # the base holds only memberships sent: a group not (yet) at the provider
+            linked = self.links["group"]  # reads as "removed there" otherwise, and the next run drops it
+            after["groups"] = [g for g in after["groups"] if g in linked]
         links[op.canonical_id] = BaseRecord(remote_id, after)
         self.store.set_link(s, self.name, "contact", op.canonical_id, remote_id, after)
         mirrored = RemoteContact(remote_id, write.phone, dict(write.fields), write.groups, write.opted_out)

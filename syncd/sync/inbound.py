@@ -135,6 +135,8 @@ class InboundApplier:
         else:
             attrs = self.provider.to_canonical(_without_meta(op.after), current)
             groups = frozenset(g for g in (op.after or {}).get("groups", []) if g in self.book.groups)
+            # The provider cannot show memberships in groups not linked there: those stay as they are.
+            groups |= {g for g in current.groups if g not in self.links["group"]}
             new = replace(current, name=attrs.get("name", current.name), surname=attrs.get("surname", current.surname),
                           email=attrs.get("email", current.email), extra=attrs.get("extra", current.extra),
                           groups=groups)

@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from syncd.config import Config, ProviderSettings
 from syncd.db.repo import Book, LogEntry, Store, utcnow
 from syncd.errors import LeaseLost, ProviderError, Unsupported
-from syncd.model import RemoteContact, RemoteGroup
+from syncd.model import Contact, RemoteContact, RemoteGroup, fingerprint
 from syncd.providers import build_provider
 from syncd.providers.base import Provider
 from syncd.sync import project
@@ -75,6 +75,7 @@ class _Account:
     groups: dict[str, RemoteGroup] = field(default_factory=dict)
     contacts: dict[str, RemoteContact] = field(default_factory=dict)
     links: dict[str, dict[int, BaseRecord]] = field(default_factory=dict)
+    rejected_groups: dict[int, str | None] = field(default_factory=dict)  # group id -> fingerprint refused
 
 
 def owner_id() -> str:
@@ -101,6 +102,8 @@ async def run_once(config: Config, engine: Engine, *, only: Sequence[str] = (), 
         ready = [a for a in accounts if a.report.complete]
         for a in ready:
             a.links = {e: store.load_links(a.settings.name, e) for e in ("group", "contact")}
+            a.rejected_groups = {k[1]: row.fingerprint for k, row in store.retry_ledger(a.settings.name).items()
+                                 if k[0] == "group" and k[1] is not None and row.status == "rejected"}
         touched: dict[int, dict[str, str]] = {}
         fences = {a.settings.name: fence_for(a.settings.name) if fence_for else (lambda: None) for a in ready}
         for entity in (Entity.GROUP, Entity.CONTACT):
@@ -178,7 +181,7 @@ def _plan(book: Book, a: _Account, entity: Entity, config: Config, allow: bool) 
     if entity is Entity.GROUP:
         links, local, remote = group_links, project.local_groups(c, book.groups), project.remote_groups(c, groups)
     else:
-        local = project.local_contacts(c, book.contacts)
+        local = project.local_contacts(c, _without_groups(book.contacts, _unplaceable(book, a, group_links)))
         links, contacts = _without_invalid(book.invalid, a.links["contact"], a.contacts)
         remote = project.remote_contacts(c, contacts, group_links)
     ops = reconcile(entity, links, local, remote, a.policy)
@@ -200,6 +203,22 @@ def _without_invalid(invalid: list[tuple[int, str, str]], links: dict[int, BaseR
         return links, remote
     return ({cid: link for cid, link in links.items() if link.remote_id not in held},
             {rid: r for rid, r in remote.items() if rid not in held})
+
+
+def _unplaceable(book: Book, a: _Account, group_links: dict[int, BaseRecord]) -> set[int]:
+    """Canonical groups the provider refused to create and that have not changed since.
+
+    Memberships in them cannot reach the provider; left in the projection they
+    would plan the same contact update every run.
+    """
+    return {gid for gid, fp in a.rejected_groups.items() if gid in book.groups and gid not in group_links
+            and fp == fingerprint(project.group_fields(a.client, book.groups[gid].name, book.groups[gid].description))}
+
+
+def _without_groups(contacts: dict[int, Contact], hidden: set[int]) -> dict[int, Contact]:
+    if not hidden:
+        return contacts
+    return {cid: replace(c, groups=c.groups - hidden) if c.groups & hidden else c for cid, c in contacts.items()}
 
 
 def _inbound(store: Store, run_id: int, book: Book, a: _Account, entity: Entity,
