@@ -57,6 +57,13 @@ class AppContext:
         return self._engine
 
 
+    def close(self) -> None:
+        """Release the database connections (the pool would otherwise outlive the command)."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+
 pass_app = click.make_pass_decorator(AppContext)
 
 
@@ -91,7 +98,8 @@ def catch_errors(func: F) -> F:
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:
     """syncd keeps a canonical contact book in step with SMS providers (smsend, SendHub)."""
-    ctx.obj = AppContext(config_path)
+    ctx.obj = app = AppContext(config_path)
+    ctx.call_on_close(app.close)
 
 
 @cli.group()
