@@ -39,6 +39,10 @@ Behaviour worth knowing:
 * ``PUT`` replaces the whole contact: every projected field and every group
   the contact keeps are sent.
 * after a 420 (monthly quota spent) this client sends no further write.
+
+The module is longer than most on purpose: one module per provider (style §5)
+keeps SendHub's mapping, error translation and client together, and nothing
+here is shared with another provider.
 """
 
 from __future__ import annotations
