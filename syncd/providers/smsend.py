@@ -120,6 +120,7 @@ _DATE_FORMATS = (
     (re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d\.0"), "%Y-%m-%d %H:%M.0"),
 )
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+_HEADER_TOKEN = re.compile(r"[!-:<-~]+")  # visible ASCII but ';'
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _GROUP_LOCATION = re.compile(r"(?:^|/)group/([^/]+)/?$")
 # smsend's 400 messages start with the offending field, e.g. "contacts[3].name: longer than 40".
@@ -190,7 +191,7 @@ def _message_of(response: httpx.Response) -> str:
     """smsend's own words: the ``error`` of a JSON error body, else the body text."""
     try:
         body = json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         body = None
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         return body["error"]
@@ -330,7 +331,8 @@ class SmsendProvider:
             params={"username": s.username, "password": s.password.get()},
         )
         user_key, sep, session_key = response.text.strip().partition(";")
-        if not sep or not user_key or not session_key or ";" in session_key or any(c.isspace() for c in user_key + session_key):
+        # Both keys become header values: only visible ASCII can travel there (httpx refuses the rest).
+        if not sep or not _HEADER_TOKEN.fullmatch(user_key) or not _HEADER_TOKEN.fullmatch(session_key):
             # Never quote the body: it may hold a session key.
             raise ProtocolError(
                 f"GET /login answered a {len(response.text)}-character body that is not 'USER_KEY;SESSION_KEY'",
@@ -439,7 +441,8 @@ class SmsendProvider:
         # Ids are opaque strings; the path tables type them Int, so a number is read as its text.
         if isinstance(group_id, int) and not isinstance(group_id, bool):
             group_id = str(group_id)
-        if not isinstance(group_id, str) or not group_id:
+        # "." and ".." would address the collection itself once put in /group/{id}.
+        if not isinstance(group_id, str) or group_id in ("", ".", ".."):
             raise bad(f"a group has no string 'id_group': {excerpt(repr(row), 80)}")
         if not isinstance(name, str) or not isinstance(description, str):
             raise bad(f"group {group_id}: 'group_name' and 'group_description' must be strings")
@@ -449,14 +452,14 @@ class SmsendProvider:
         """``POST /group``; the new id from ``Location``. Not idempotent: a lost response is UnknownOutcome."""
         response = await self._call("POST", "/group", operation="create group", record=name, idempotent=False,
                                     json_body={"name": name, "description": description})
-        location = response.headers.get("location", "")
-        match = _GROUP_LOCATION.search(urlsplit(location).path)
-        if match is None:
+        locations = response.headers.get_list("location")
+        group_id = _group_id_from(locations, self.settings.base_url)
+        if group_id is None:
             raise ProtocolError(f"POST /group answered {response.status_code} without a 'Location: /group/{{id}}' "
-                                f"header (got {excerpt(location, 80)!r})",
+                                f"header on this server (got {excerpt(', '.join(locations), 80)!r})",
                                 provider=self.name, operation="create group", record=name,
                                 status=response.status_code)
-        return unquote(match.group(1))
+        return group_id
 
     async def update_group(self, remote_id: str, name: str, description: str) -> None:
         """``PUT /group/{id}`` with the new name and description."""
@@ -669,6 +672,28 @@ class SmsendProvider:
             raise
         except ProviderError as error:
             log.warning("smsend.stale_temp_group_cleanup_failed", provider=self.name, error=str(error))
+
+
+def _group_id_from(locations: Sequence[str], base_url: str) -> str | None:
+    """The group id of a create's one ``Location: /group/{id}``; None for anything else.
+
+    The id is used in later paths, including the deletion of a temporary group
+    *with its contacts*: several Locations, one naming another host, or an id
+    that is a dot segment or holds a slash or control character are refused.
+    """
+    if len(locations) != 1:
+        return None
+    try:
+        parts, base = urlsplit(locations[0].strip()), urlsplit(base_url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return None
+    if parts.netloc and (parts.netloc.lower() != base.netloc.lower() or parts.scheme not in ("", base.scheme)):
+        return None
+    match = _GROUP_LOCATION.search(parts.path)
+    group_id = unquote(match.group(1)) if match else ""
+    if group_id in ("", ".", "..") or any(c == "/" or not c.isprintable() for c in group_id):
+        return None
+    return group_id
 
 
 def _auth_mode(settings: ProviderSettings) -> str:
