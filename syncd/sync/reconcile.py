@@ -75,9 +75,17 @@ def reconcile(
     """Every operation that brings one provider's ``entity`` records and the canonical book in step."""
     ops: list[Operation] = []
     for cid, link in base.items():
-        ops.extend(_linked(entity, link, local.get(cid), remote.get(link.remote_id), cid, policy))
+        loc, rem = local.get(cid), remote.get(link.remote_id)
+        if loc is not None and rem is not None and _in_step(link, loc, rem):
+            continue  # same | unchanged | unchanged: nothing to do (most records, checked without copies)
+        ops.extend(_linked(entity, link, loc, rem, cid, policy))
     ops.extend(_unlinked(entity, base, local, remote, policy))
     return ops
+
+
+def _in_step(link: BaseRecord, loc: LocalRecord, rem: RemoteRecord) -> bool:
+    """Both sides equal the base and no remote opt-out waits to reach the book."""
+    return (loc.opted_out or not rem.opted_out) and loc.fields == link.fields and rem.fields == link.fields
 
 
 # -- linked records: the rows with a base ----------------------------------
@@ -220,15 +228,16 @@ def _opt_out_inbound(entity, loc, rem, p, common) -> Iterator[Operation]:
 
 
 def _unlinked(entity, base, local, remote, p: Policy) -> Iterator[Operation]:
-    linked_remote = {link.remote_id for link in base.values()}
+    unlinked_remote = sorted(remote.keys() - {link.remote_id for link in base.values()})
     free_local = {cid: rec for cid, rec in local.items() if cid not in base}
     by_key: dict[str, list[LocalRecord]] = {}
     for rec in free_local.values():
         by_key.setdefault(rec.key, []).append(rec)
     # keys already taken by a linked pair: another remote record with that key is a duplicate
+    # (only needed when some remote record is unlinked, which a run in step never has)
     claimed_keys: dict[str, str] = {rec.key: base[cid].remote_id for cid, rec in local.items()
-                    if cid in base and base[cid].remote_id in remote}
-    for rid in sorted(r for r in remote if r not in linked_remote):
+                                    if cid in base and base[cid].remote_id in remote} if unlinked_remote else {}
+    for rid in unlinked_remote:
         rem = remote[rid]
         if rem.key in claimed_keys:
             yield Operation(Action.DUPLICATE, entity, Direction.INBOUND,
