@@ -43,7 +43,7 @@ import structlog
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import Engine, and_, delete, func, not_, select, update
+from sqlalchemy import Engine, and_, delete, not_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncd.config import Config, format_config_error, load_config
@@ -53,14 +53,14 @@ from syncd.db.models import ChangeLogRow, SyncRunRow
 from syncd.errors import ConfigError, SchemaError
 from syncd.leases import Busy, LeaseManager, lease_ttl
 from syncd.logs import configure_logging
-from syncd.metrics import Metrics, MetricsServer, ProviderOutcome
+from syncd.metrics import Metrics, MetricsServer, ProviderOutcome, last_successes, operation_counts
 from syncd.notify import Notifier, watchdog_interval
 from syncd.sync.run import RunReport, owner_id, run_once
 
 if TYPE_CHECKING:
     from syncd.cli import AppContext
 
-__all__ = ["Daemon", "prune_change_log", "serve", "serve_cli"]
+__all__ = ["Daemon", "open_engine", "prune_change_log", "serve", "serve_cli"]
 
 log = structlog.get_logger("syncd.daemon")
 
@@ -289,7 +289,7 @@ class Daemon:
             ok = p.status == "ok" and not p.counts.get("failed")
             outcomes.append(ProviderOutcome(p.name, "ok" if ok else "failed", p.requests, p.retries))
             self._provider_status[p.name] = _provider_text(p)
-        self.metrics.observe_run(report.status, duration, outcomes, _operation_counts(engine, report.run_id),
+        self.metrics.observe_run(report.status, duration, outcomes, operation_counts(engine, report.run_id),
                                  utcnow())
         log.info("run.finished", run_id=report.run_id, status=report.status, duration=round(duration, 3),
                  stopped_early=self.stop.is_set(), providers={p.name: p.summary() for p in report.providers})
@@ -417,28 +417,6 @@ def prune_change_log(engine: Engine, days: int, *, now: datetime | None = None, 
         total += len(ids)
         if len(ids) < batch:
             return total
-
-
-def last_successes(engine: Engine, *, runs: int = 500) -> dict[str, datetime]:
-    """When each account last finished a run without failure, from the latest ``runs`` runs."""
-    with engine.connect() as conn:
-        rows = conn.execute(select(SyncRunRow.finished_at, SyncRunRow.summary)
-                            .where(SyncRunRow.finished_at.is_not(None))
-                            .order_by(SyncRunRow.id.desc()).limit(runs)).all()
-    found: dict[str, datetime] = {}
-    for finished_at, summary in rows:
-        for name, counts in ((summary or {}).get("providers") or {}).items():
-            if isinstance(counts, dict) and counts.get("status") == "ok" and not counts.get("failed"):
-                found.setdefault(name, finished_at)
-    return found
-
-
-def _operation_counts(engine: Engine, run_id: int) -> list[tuple[str, str, str, str, int]]:
-    c = ChangeLogRow
-    with engine.connect() as conn:
-        rows = conn.execute(select(c.provider, c.entity, c.action, c.status, func.count())
-                            .where(c.run_id == run_id).group_by(c.provider, c.entity, c.action, c.status)).all()
-    return [tuple(row) for row in rows]  # type: ignore[misc]
 
 
 _CHANGE_KEYS = ("created_in", "updated_in", "deleted_in", "created_out", "updated_out", "deleted_out")

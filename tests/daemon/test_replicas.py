@@ -74,8 +74,9 @@ def assert_never_overlapping(spans: list[tuple[str, str, datetime, datetime]]) -
 
 def test_two_replicas_never_sync_one_account_at_once_and_one_replaces_a_killed_holder(
         tmp_path, db_url, smsend, sendhub, start_daemon):
-    total = 150
+    total = 100
     seed_contacts(db_url, total)
+    sendhub.faults.latency = 0.05  # at most ~40 creates/s with 2 at a time: the kill lands mid-push
     config = write_config(tmp_path / "config.toml", db_url, [
         provider_toml(smsend, batch_size=50), provider_toml(sendhub, batch_size=10, max_concurrency=2)],
         interval=INTERVAL)
@@ -93,8 +94,8 @@ def test_two_replicas_never_sync_one_account_at_once_and_one_replaces_a_killed_h
     assert time.monotonic() - killed <= INTERVAL + lease_ttl(INTERVAL) + 3
 
     wait_until(lambda: len(sendhub_numbers(sendhub)) == total, 60, "the survivor to finish the push")
-    survivor.wait_for("run.finished", timeout=30, where=lambda e: e["providers"].get("sendhub", {}).get("status") == "ok"
-                      and e["providers"]["sendhub"].get("pulled") == total)
+    survivor.wait_for("run.finished", timeout=30,
+                      where=lambda e: e["providers"].get("sendhub", {}).get("status") == "ok")
     survivor.signal(signal.SIGTERM)
     assert survivor.wait(10) == 0
 
