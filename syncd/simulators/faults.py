@@ -401,16 +401,13 @@ class FaultMiddleware:
             self.recorder.record(method, path, start["status"])
             await _send_truncated(send, start, body)
             return
-        status = 0
-
         async def recording_send(message: Message) -> None:
-            nonlocal status
+            # Counted before the response leaves, so a client holding the answer always finds it counted.
             if message["type"] == "http.response.start":
-                status = message["status"]
+                self.recorder.record(method, path, message["status"])
             await send(message)
 
         await self.app(scope, receive, recording_send)
-        self.recorder.record(method, path, status)
 
     async def _admin(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = await self._admin_response(scope, receive)
