@@ -333,17 +333,17 @@ class Daemon:
             self.notifier.ready()
 
     def _reload(self) -> bool:
-        old = self.config
+        old, engine = self.config, None
         try:
             new = self._load()
             engine = self.engine if new.database.url == old.database.url else open_engine(new)
             self._swap_metrics(old, new)
-        except ConfigError as err:
-            log.error("config.reload_failed", problems=err.problems, kept="the running configuration",
-                      message=format_config_error(err))
-            return False
-        except (SchemaError, SQLAlchemyError, OSError) as err:
-            log.error("config.reload_failed", problems=[str(err).splitlines()[0]], kept="the running configuration")
+        except (ConfigError, SchemaError, SQLAlchemyError, OSError) as err:
+            if engine is not None and engine is not self.engine:
+                engine.dispose()
+            problems = err.problems if isinstance(err, ConfigError) else [str(err).splitlines()[0]]
+            log.error("config.reload_failed", problems=problems, kept="the running configuration",
+                      message=format_config_error(ConfigError(problems)))
             return False
         with self._lock:
             old_engine, self.config, self.engine = self.engine, new, engine
