@@ -256,6 +256,7 @@ def test_sigkill_at_random_points_loses_nothing_and_duplicates_nothing(crash_wor
 
 
 def assert_converged(world: CrashWorld) -> None:
+    """The book holds the 500 contacts; each provider has each of them (and the group) exactly once, linked once."""
     numbers = {phone(i) for i in range(CONTACTS)}
     members = {phone(i) for i in range(MEMBERS)}
     assert {r for r, in _rows(world, "SELECT phone FROM contacts")} == numbers
