@@ -92,7 +92,9 @@ _DUPLICATE_NUMBER = "already in your contacts"
 _DUPLICATE_GROUP = "duplicate group name"
 _ALREADY_IN = re.compile(r"^\s*(\S+) is the id of a contact who is already in this group")
 _NOT_IN = re.compile(r"^\s*(\S+) is not an id of a contact in the group")
-_GROUP_URI = re.compile(r"/groups/([0-9]+)/?$")
+# SendHub ids: digits, 18 of them in SH-NEW; the bound keeps int() (the duplicate check) from refusing one.
+_ID = re.compile(r"[0-9]{1,40}")
+_GROUP_URI = re.compile(r"/groups/([0-9]{1,40})/?$")
 # How SendHub stores and echoes every number: +1 and 10 digits, the area code not starting with 0 or 1.
 _STORED_NUMBER = re.compile(r"\+1[2-9][0-9]{9}")
 _TIME_LEFT = re.compile(r"^\s*(\d+):([0-5]\d):([0-5]\d)\s*$")
@@ -387,7 +389,7 @@ class SendHubProvider:
         """
         value = obj.get("id")
         text = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else ""
-        if not (text.isascii() and text.isdigit()):
+        if not _ID.fullmatch(text):
             raise self._protocol(f"{endpoint}: a {kind} has no id of digits (got {excerpt(repr(value), 40)})", operation)
         return text
 
@@ -399,9 +401,9 @@ class SendHubProvider:
         ids = set()
         for item in value:
             match = _GROUP_URI.search(item) if isinstance(item, str) else None
-            if isinstance(item, int) and not isinstance(item, bool):
+            if isinstance(item, int) and not isinstance(item, bool) and _ID.fullmatch(str(item)):
                 ids.add(str(item))
-            elif isinstance(item, str) and item.isascii() and item.isdigit():
+            elif isinstance(item, str) and _ID.fullmatch(item):
                 ids.add(item)
             elif match:
                 ids.add(match.group(1))
