@@ -8,10 +8,11 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from syncd.db.models import ChangeLogRow, PullStateRow, SyncRunRow
+from syncd.db.repo import latest_outbound_ids
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -95,9 +96,7 @@ def _counts(summary: dict[str, Any]) -> str:
 
 def _show_open_problems(session: Session) -> None:
     """Records still failed or rejected (their latest change-log row), and held conflicts."""
-    latest = (select(func.max(ChangeLogRow.id))
-              .where(ChangeLogRow.direction == "outbound")
-              .group_by(ChangeLogRow.provider, ChangeLogRow.entity, ChangeLogRow.canonical_id, ChangeLogRow.remote_id))
+    latest = latest_outbound_ids()
     problems = session.scalars(select(ChangeLogRow).where(ChangeLogRow.id.in_(latest),
                                                            ChangeLogRow.status.in_(("failed", "rejected")))
                                .order_by(ChangeLogRow.id.desc()).limit(100)).all()

@@ -8,13 +8,15 @@ sync share one code path.
 from __future__ import annotations
 
 import itertools
+import os
+import socket
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, Text, cast, delete, insert, select, update
+from sqlalchemy import Engine, String, Text, cast, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from syncd.db.models import (
@@ -95,10 +97,19 @@ class Store:
         if self.dry_run:
             return 0
         with self.session() as s, s.begin():
+            self._close_dead_runs(s)
             row = SyncRunRow(started_at=utcnow(), trigger=trigger, status="running", summary={}, owner=owner)
             s.add(row)
             s.flush()
             return row.id
+
+    def _close_dead_runs(self, s: Session) -> None:
+        """Runs still `running` whose process on this host is gone (killed): failed, interrupted."""
+        host = socket.gethostname()
+        for run in s.scalars(select(SyncRunRow).where(SyncRunRow.status == "running")):
+            owner_host, _, pid = (run.owner or "").rpartition(":")
+            if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+                run.status, run.finished_at, run.error = "failed", utcnow(), "interrupted: its process ended mid-run"
 
     def finish_run(self, run_id: int, status: str, summary: dict[str, Any], error: str | None = None) -> None:
         if self.dry_run:
@@ -347,19 +358,22 @@ class Store:
             s.execute(update(ChangeLogRow).where(ChangeLogRow.id.in_(chunk)).values(**values))
 
     def retry_ledger(self, provider: str) -> dict[tuple[str, int | None, str | None], ChangeLogRow]:
-        """The latest failed or rejected outbound row per record, to back off or wait for a change."""
+        """The latest outbound row per record, when it is failed or rejected: to back off or wait for a change."""
+        latest = latest_outbound_ids().where(ChangeLogRow.provider == provider)
         with self.session() as s:
-            rows = s.scalars(select(ChangeLogRow).where(
-                ChangeLogRow.provider == provider, ChangeLogRow.direction == "outbound",
-                ChangeLogRow.status.in_(("failed", "rejected", "applied"))).order_by(ChangeLogRow.id)).all()
-        ledger = {}
-        for row in rows:
-            k = (row.entity, row.canonical_id, None if row.canonical_id else row.remote_id)
-            if row.status == "applied":
-                ledger.pop(k, None)
-            else:
-                ledger[k] = row
-        return ledger
+            rows = s.scalars(select(ChangeLogRow).where(ChangeLogRow.id.in_(latest),
+                                                       ChangeLogRow.status.in_(("failed", "rejected")))).all()
+        return {(r.entity, r.canonical_id, None if r.canonical_id else r.remote_id): r for r in rows}
+
+    def settle_found(self, s: Session, provider: str, entity: str, cid: int, remote_id: str) -> None:
+        """Creates whose outcome was unknown, now found at the provider and linked: applied after all."""
+        if self.dry_run:
+            return
+        s.execute(update(ChangeLogRow).where(
+            ChangeLogRow.provider == provider, ChangeLogRow.entity == entity, ChangeLogRow.canonical_id == cid,
+            ChangeLogRow.direction == "outbound", ChangeLogRow.action == "create",
+            ChangeLogRow.status == "failed").values(status="applied", remote_id=remote_id,
+                                                     error="outcome found later: the record was at the provider"))
 
     def open_conflicts(self, provider: str) -> dict[tuple[str, int | None, str | None], ChangeLogRow]:
         with self.session() as s:
@@ -413,6 +427,19 @@ def _json_object(text: str | None) -> tuple[dict[str, Any], str | None]:
     return value, None
 
 
+def latest_outbound_ids():
+    """SELECT of the newest settled outbound change-log id per (provider, entity, record).
+
+    A record is its canonical id when it has one, else its remote id, so a create
+    that failed (no remote id yet) and later succeeded counts as one record.
+    """
+    record = func.coalesce(cast(ChangeLogRow.canonical_id, String), ChangeLogRow.remote_id)
+    return (select(func.max(ChangeLogRow.id))
+            .where(ChangeLogRow.direction == "outbound",
+                   ChangeLogRow.status.in_(("applied", "failed", "rejected", "skipped")))
+            .group_by(ChangeLogRow.provider, ChangeLogRow.entity, record))
+
+
 def _log_before(op: Operation) -> dict[str, Any] | None:
     if op.action.value == "conflict":
         return {"local": op.local, "remote": op.remote}
@@ -434,6 +461,16 @@ def _contact_row(provider: str, c: RemoteContact) -> dict[str, Any]:
 def _group_row(provider: str, g: RemoteGroup) -> dict[str, Any]:
     return {"provider": provider, "remote_id": g.remote_id, "name": g.name, "description": g.description,
             "modified_at": g.modified_at, "fingerprint": fingerprint({"n": g.name, "d": g.description})}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _chunks(rows: list[Any], size: int = CHUNK) -> Iterable[list[Any]]:

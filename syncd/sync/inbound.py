@@ -186,6 +186,8 @@ class InboundApplier:
 
     def _link(self, s, op: Operation) -> list[LogEntry]:
         self._set_link(s, op.entity, op.canonical_id, op.remote_id, op.after or {})
+        if op.remote_id is not None:
+            self.store.settle_found(s, self.name, op.entity.value, op.canonical_id, op.remote_id)
         return [LogEntry(op, self.name, "applied")]
 
     def _conflict(self, s, op: Operation) -> list[LogEntry]:

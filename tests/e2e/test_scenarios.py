@@ -243,3 +243,15 @@ def test_number_changed_by_sql_moves_the_smsend_contact(world: World):
     world.sync()
     assert smsend_numbers(world) == Counter({"+393479876543": 1})
     assert world.sync().pending_changes == 0
+
+
+def test_status_forgets_a_failure_once_the_record_synced(world: World, capsys):
+    from syncd.cli.views import show_status
+
+    world.sql("INSERT INTO contacts (phone, name) VALUES ('+16502530001', 'P1')")
+    world.sendhub.faults.error_rate = 1.0
+    assert world.sync().failed
+    world.sendhub.faults.error_rate = 0.0
+    assert not world.sync().failed
+    show_status(world.engine, world.config)
+    assert "No failed, rejected or held records." in capsys.readouterr().out
