@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import httpx
 import structlog
@@ -44,7 +45,8 @@ from syncd.errors import (
     excerpt,
 )
 
-__all__ = ["HttpSession", "RetryPolicy", "TokenBucket", "default_error", "parse_json", "redact_credentials"]
+__all__ = ["HttpSession", "RetryPolicy", "TokenBucket", "default_error", "parse_json", "redact_credentials",
+           "secret_spellings"]
 
 log = structlog.get_logger("syncd.http")
 
@@ -244,9 +246,13 @@ class HttpSession:
             self.stats.requests += 1
             key = f"{method} {path.split('?', 1)[0]}"
             self.stats.by_endpoint[key] = self.stats.by_endpoint.get(key, 0) + 1
-            return await self._client.request(
-                method, path, params=params, json=json_body, headers=headers, auth=auth
-            )
+            try:
+                return await self._client.request(
+                    method, path, params=params, json=json_body, headers=headers, auth=auth
+                )
+            except httpx.HTTPError as exc:
+                _strip_query(exc)  # it becomes the __cause__ of a syncd error: tracebacks show it
+                raise
 
     def _lost_response(self, exc: httpx.TransportError, idempotent: bool, operation: str, record: str) -> ProviderError:
         kw = dict(provider=self.provider, operation=operation, record=record)
@@ -281,6 +287,22 @@ _CREDENTIAL_PARAM = re.compile(r"((?:api_key|password|access_token|session_key)=
 def redact_credentials(text: str) -> str:
     """``text`` with the values of credential query parameters replaced by ``***``."""
     return _CREDENTIAL_PARAM.sub(r"\1***", text)
+
+
+def secret_spellings(secret: str) -> list[str]:
+    """``secret`` as written and URL-encoded (an error page may quote the request URL), longest first."""
+    return sorted({secret, quote(secret, safe=""), quote_plus(secret), quote(secret)}, key=len, reverse=True)
+
+
+def _strip_query(exc: httpx.HTTPError) -> None:
+    """Take the request's query string (SendHub's api_key, smsend's login password) out of ``exc``'s message."""
+    try:
+        url = exc.request.url
+    except RuntimeError:  # no request attached
+        return
+    if url.query:
+        full, bare = str(url), str(url.copy_with(query=None))
+        exc.args = tuple(redact_credentials(a.replace(full, bare)) if isinstance(a, str) else a for a in exc.args)
 
 
 def parse_json(response: httpx.Response, *, provider: str, operation: str, record: str = "") -> Any:

@@ -69,7 +69,14 @@ from syncd.errors import (
 from syncd.model import Contact, ContactWrite, Fields, RemoteContact, RemoteGroup, WriteOutcome
 from syncd.phones import InvalidPhone, to_e164
 from syncd.providers.base import Capabilities, MembershipOutcome
-from syncd.providers.http import HttpSession, RetryPolicy, default_error, parse_json
+from syncd.providers.http import (
+    HttpSession,
+    RetryPolicy,
+    default_error,
+    parse_json,
+    redact_credentials,
+    secret_spellings,
+)
 
 __all__ = [
     "CAPABILITIES",
@@ -199,10 +206,11 @@ def _message_of(response: httpx.Response) -> str:
 
 
 def _scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` without the secrets, as written or URL-encoded (a 404 page may quote the login URL)."""
     for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    return text
+        for spelling in secret_spellings(secret) if secret else ():
+            text = text.replace(spelling, "[redacted]")
+    return redact_credentials(text)
 
 
 def _make_error_mapper(secrets: Sequence[str]):
@@ -213,7 +221,7 @@ def _make_error_mapper(secrets: Sequence[str]):
         if 200 <= status < 300:
             return None
         kw: dict[str, Any] = dict(provider=provider, operation=operation, record=record, status=status)
-        reason = _scrub(excerpt(_message_of(response)) or response.reason_phrase, secrets)
+        reason = excerpt(_scrub(_message_of(response), secrets)) or response.reason_phrase  # scrubbed before cut
         path = response.request.url.path
         if status == 400:
             match = _REASON_FIELD.match(reason)
@@ -607,10 +615,11 @@ class SmsendProvider:
         if not writes:
             return []
         async with self._delete_lock:
-            await self._remove_stale_temp_groups()
-            return await self._delete_through_temp_group(writes)
+            existing = await self._remove_stale_temp_groups()
+            return await self._delete_through_temp_group(writes, existing)
 
-    async def _delete_through_temp_group(self, writes: Sequence[ContactWrite]) -> list[WriteOutcome]:
+    async def _delete_through_temp_group(self, writes: Sequence[ContactWrite],
+                                         existing: frozenset[str] = frozenset()) -> list[WriteOutcome]:
         operation = "delete contact"
         outcomes: dict[int, WriteOutcome] = {}
         items = []
@@ -629,6 +638,11 @@ class SmsendProvider:
         except (AuthError, QuotaExhausted):
             raise
         except ProviderError as error:
+            return _fail_all(outcomes, items, error, len(writes))
+        if temp in existing:
+            # Deleting it with deletecontacts=true would wipe a real group's contacts: a replayed or lying answer.
+            error = ProtocolError(f"POST /group answered the id of the existing group {temp} for the temporary group; "
+                                  "no contact deleted", provider=self.name, operation=operation, record=temp)
             return _fail_all(outcomes, items, error, len(writes))
         items = [_Item(i.index, i.ref, i.phone, i.body, (temp,)) for i in items]
         await self._upsert_all(items, outcomes, keep_groups=True, operation=operation, note="")
@@ -660,11 +674,15 @@ class SmsendProvider:
                 return True
         return False
 
-    async def _remove_stale_temp_groups(self) -> None:
-        """Delete leftover ``syncd-delete-`` groups, keeping their contacts; failures only logged."""
+    async def _remove_stale_temp_groups(self) -> frozenset[str]:
+        """Delete leftover ``syncd-delete-`` groups, keeping their contacts; failures only logged.
+
+        Answers the ids of the groups listed (none if the listing failed).
+        """
+        listed: list[RemoteGroup] = []
         try:
-            stale = [group.remote_id async for page in self._all_group_pages() for group in page
-                     if group.name.startswith(TEMP_GROUP_PREFIX)]
+            listed = [group async for page in self._all_group_pages() for group in page]
+            stale = [group.remote_id for group in listed if group.name.startswith(TEMP_GROUP_PREFIX)]
             for remote_id in stale:
                 await self._delete_group(remote_id, delete_contacts=False, operation="remove stale temporary group")
                 log.warning("smsend.stale_temp_group_removed", provider=self.name, group=remote_id)
@@ -672,6 +690,7 @@ class SmsendProvider:
             raise
         except ProviderError as error:
             log.warning("smsend.stale_temp_group_cleanup_failed", provider=self.name, error=str(error))
+        return frozenset(group.remote_id for group in listed)
 
 
 def _group_id_from(locations: Sequence[str], base_url: str) -> str | None:
