@@ -305,14 +305,36 @@ def _strip_query(exc: httpx.HTTPError) -> None:
         exc.args = tuple(redact_credentials(a.replace(full, bare)) if isinstance(a, str) else a for a in exc.args)
 
 
+#: A UTF-16 surrogate with no partner: escaped (``\ud800`` not followed by a low one, or a low
+#: one not preceded by a high one) or raw (``json.loads`` decodes bytes with "surrogatepass").
+_LONE_SURROGATE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    rb"|\xed[\xa0-\xbf][\x80-\xbf]"
+)
+
+
+def _check_text(document: Any, content: bytes) -> None:
+    """ValueError if a string of ``document`` holds a lone surrogate: not text, and no database stores it."""
+    if _LONE_SURROGATE.search(content):  # cheap filter; an escaped backslash can fool it, the encode cannot
+        try:
+            json.dumps(document, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            lone = exc.object[exc.start]
+            raise ValueError(f"a string holds a lone UTF-16 surrogate ({lone!r}), which is not text") from None
+
+
 def parse_json(response: httpx.Response, *, provider: str, operation: str, record: str = "") -> Any:
     """The response body as JSON, or a ProtocolError naming the endpoint.
 
-    Malformed covers invalid syntax, invalid UTF-8 and nesting too deep to
-    decode (RecursionError: ten thousand ``[`` are a few kilobytes).
+    Malformed covers invalid syntax, invalid UTF-8 (lone surrogates included,
+    escaped or not) and nesting too deep to decode (RecursionError: ten
+    thousand ``[`` are a few kilobytes).
     """
     try:
-        return json.loads(response.content)
+        document = json.loads(response.content)
+        _check_text(document, response.content)
+        return document
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         start = excerpt(redact_credentials(response.text[:1000]), 80)
         raise ProtocolError(
