@@ -46,8 +46,14 @@ BODY_EXCERPT_MAX = 300
 
 
 def excerpt(text: str, limit: int = BODY_EXCERPT_MAX) -> str:
-    """``text`` on one line, cut to ``limit`` characters."""
+    """``text`` on one line, cut to ``limit`` characters.
+
+    A lone UTF-16 surrogate (a provider's JSON can hold ``"\\ud800"``) is shown
+    escaped: the message goes to the change log, and no database stores one.
+    """
     flat = " ".join(text.split())
+    if not flat.isascii():
+        flat = flat.encode("utf-8", "backslashreplace").decode("utf-8")
     return flat if len(flat) <= limit else flat[:limit] + "…"
 
 
