@@ -35,6 +35,7 @@ from syncd.model import ContactWrite, RemoteContact, RemoteGroup
 from syncd.providers import build_provider
 from syncd.providers.base import MembershipOutcome
 from syncd.providers.http import RetryPolicy
+from tests.e2e.conftest import World
 from tests.hostile.conftest import (
     PAGE,
     SENDHUB_BASE,
@@ -270,6 +271,7 @@ def assert_provider_error(error: BaseException, *, provider: str, endpoint: str,
     shown = "".join(traceback.format_exception(error))
     assert isinstance(error, ProviderError), f"escaped as {type(error).__name__}:\n{shown}"
     text = str(error)
+    assert_text(text)  # it goes to the change log and the logs
     assert provider in text, text
     if isinstance(error, ProtocolError):
         assert endpoint in text, f"{endpoint!r} not named in {text!r}"
@@ -279,11 +281,19 @@ def assert_provider_error(error: BaseException, *, provider: str, endpoint: str,
         assert secret not in text and f"={secret[:4]}" not in text, f"secret quoted in {text!r}"
 
 
+def assert_text(value: Any) -> None:
+    """``value`` is a str the database can store: UTF-8 encodable (no lone surrogate)."""
+    assert isinstance(value, str), repr(value)[:80]
+    value.encode("utf-8")
+
+
 def assert_contact(contact: Any) -> None:
     assert isinstance(contact, RemoteContact)
     assert isinstance(contact.remote_id, str) and contact.remote_id.isascii() and contact.remote_id.isdigit()
-    assert isinstance(contact.phone, str)
-    assert all(isinstance(k, str) and isinstance(v, str) for k, v in contact.fields.items())
+    assert_text(contact.phone)
+    for key, value in contact.fields.items():
+        assert_text(key)
+        assert_text(value)
     assert all(isinstance(g, str) and g for g in contact.groups)
     assert isinstance(contact.opted_out, bool)
     assert contact.modified_at is None or (isinstance(contact.modified_at, datetime) and contact.modified_at.tzinfo)
@@ -292,7 +302,8 @@ def assert_contact(contact: Any) -> None:
 def assert_group(group: Any) -> None:
     assert isinstance(group, RemoteGroup)
     assert isinstance(group.remote_id, str) and group.remote_id
-    assert isinstance(group.name, str) and isinstance(group.description, str)
+    assert_text(group.name)
+    assert_text(group.description)
 
 
 def assert_complete_listing(pages: list[list[Any]], original_ids: list[str], check: Callable[[Any], None]) -> None:
@@ -743,3 +754,72 @@ def test_a_listing_that_shifts_or_lies_while_paging_raises_or_is_whole(recording
         assert ids == before[:PAGE]
         return
     assert set(ids) in ({*before}, {*listing.ids()}), f"{name} at {at} (lie {lie!r}): listed {ids}, had {before}"
+
+
+# -- the engine: a malformed pull deletes nothing ------------------------------------------------
+
+
+def _everything(world: World) -> tuple[Any, ...]:
+    """The canonical book and both accounts, as comparable values."""
+    book = world.sql("SELECT id, phone, name, surname, email, extra, opted_out FROM contacts ORDER BY id")
+    groups = world.sql("SELECT id, name FROM groups ORDER BY id")
+    members = world.sql("SELECT group_id, contact_id FROM group_members ORDER BY 1, 2")
+    sendhub, smsend = world.sendhub.state.snapshot(), world.smsend.state.snapshot()
+    return ([tuple(r) for r in book], [tuple(r) for r in groups], [tuple(r) for r in members],
+            json.dumps(sendhub, sort_keys=True, default=str), json.dumps(smsend, sort_keys=True, default=str))
+
+
+@pytest.mark.parametrize("fault", [{"malformed_rate": 1.0}, {"malformed_next": 1}, {"malformed_next": 2}],
+                         ids=["every response", "the groups page", "the contacts page"])
+def test_a_malformed_sendhub_pull_fails_sendhub_and_changes_nothing_anywhere(world: World, fault: dict[str, Any]):
+    team = world.sendhub.state.add_group("Team")
+    for i in range(12):
+        world.sendhub.state.add_contact(f"Person {i}", f"650253{i:04d}", groups=[team.id] if i % 2 else [])
+    world.sql("INSERT INTO contacts (phone, name) VALUES ('+14155550199', 'Local Only')")
+    first = world.sync()
+    assert first.status == "ok", [p.summary() for p in first.providers]
+    assert len(world.sendhub.state.snapshot()["contacts"]) == 13 and len(world.smsend.state.snapshot()["contacts"]) == 13
+    before = _everything(world)
+
+    for name, value in fault.items():
+        setattr(world.sendhub.faults, name, value)
+    report = world.sync()
+
+    by_name = {p.name: p for p in report.providers}
+    assert by_name["sendhub"].status == "failed" and not by_name["sendhub"].complete
+    assert "sendhub" in by_name["sendhub"].error and "malformed JSON" in by_name["sendhub"].error
+    assert by_name["smsend"].status == "ok" and report.status == "partial"
+    assert _everything(world) == before
+    assert world.sql("SELECT action, status, provider FROM change_log WHERE run_id = :r", r=report.run_id) == []
+
+
+def test_a_sendhub_name_that_is_not_text_fails_the_pull_and_the_run_goes_on(world: World):
+    """A lone surrogate is valid JSON but no database stores it: before the fix it killed the whole run."""
+    contact = world.sendhub.state.add_contact("Ok Name", "6502530001")
+    world.sync()
+    before = _everything(world)
+    world.sendhub.state.edit_contact(contact.id, name="Broken \ud800 name")
+    report = world.sync()
+    by_name = {p.name: p for p in report.providers}
+    assert by_name["sendhub"].status == "failed" and "lone UTF-16 surrogate" in by_name["sendhub"].error
+    assert "GET /v1/contacts/" in by_name["sendhub"].error and by_name["smsend"].status == "ok"
+    assert _everything(world)[:3] == before[:3] and _everything(world)[4] == before[4]
+
+
+@pytest.mark.parametrize("name", ["x" * 1_000_000, "\u202eRTL\u202c name", "'; DROP TABLE contacts; --", "🎉 Zoë"],
+                         ids=["1 MB", "right-to-left", "SQL", "emoji"])
+def test_hostile_but_valid_sendhub_names_reach_the_book_intact(world: World, name: str):
+    contact = world.sendhub.state.add_contact("Ok Name", "6502530001")
+    world.sync()
+    world.sendhub.state.edit_contact(contact.id, name=name)
+    report = world.sync()
+    assert {p.name: p.status for p in report.providers} == {"sendhub": "ok", "smsend": "ok"}
+    [(first, last)] = world.sql("SELECT name, surname FROM contacts")
+    assert " ".join(part for part in (first, last) if part) == name
+    [smsend_contact] = world.smsend.state.snapshot()["contacts"]
+    if len(name) > 40:  # smsend holds 40 characters: rejected there, naming the field, kept everywhere else
+        [row] = world.sql("SELECT status, error FROM change_log WHERE provider = 'smsend' AND run_id = :r",
+                          r=report.run_id)
+        assert row.status == "rejected" and "name" in row.error and smsend_contact["name"] == "Ok"
+    else:
+        assert smsend_contact["name"] == first
