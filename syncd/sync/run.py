@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -96,7 +96,7 @@ async def run_once(config: Config, engine: Engine, *, only: Sequence[str] = (), 
     accounts = [_account(config, p, (client_options or {}).get(p.name, {})) for p in chosen]
     try:
         store.settle_interrupted(a.settings.name for a in accounts)
-        await asyncio.gather(*(_pull(store, run_id, a, progress) for a in accounts))
+        await _all(_pull(store, run_id, a, progress) for a in accounts)
         book = store.load_book(config.sync.default_region)
         _report_invalid(store, run_id, book)
         ready = [a for a in accounts if a.report.complete]
@@ -111,9 +111,8 @@ async def run_once(config: Config, engine: Engine, *, only: Sequence[str] = (), 
                 if _still_leased(a, fences[a.settings.name]):
                     _inbound(store, run_id, book, a, entity, touched, config, allow_mass_delete)
         writable = [a for a in ready if a.settings.mode != "pull" and a.report.status != "failed"]
-        await asyncio.gather(*(_outbound(store, run_id, book, a, config, allow_mass_delete, stopping,
-                                         fences[a.settings.name])
-                               for a in writable))
+        await _all(_outbound(store, run_id, book, a, config, allow_mass_delete, stopping, fences[a.settings.name])
+                   for a in writable)
     finally:
         await asyncio.gather(*(a.client.aclose() for a in accounts), return_exceptions=True)
         for a in accounts:
@@ -124,6 +123,18 @@ async def run_once(config: Config, engine: Engine, *, only: Sequence[str] = (), 
     status = _run_status(reports)
     store.finish_run(run_id, status, {"providers": {r.name: r.summary() for r in reports}})
     return RunReport(run_id, status, reports, book.invalid + book.invalid_groups)
+
+
+async def _all(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run the providers' work concurrently and wait for all of it, then raise the first error.
+
+    A plain gather raises at the first unexpected error and leaves the other
+    providers' requests running on clients the run is about to close (sockets
+    leaked on every crashed run of a long-lived daemon).
+    """
+    for result in await asyncio.gather(*coros, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result
 
 
 def _account(config: Config, settings: ProviderSettings, options: dict[str, Any]) -> _Account:
