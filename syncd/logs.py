@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import structlog
 
@@ -24,7 +25,9 @@ class redact_secrets:  # noqa: N801 - a structlog processor, named like one
     """A processor that hides ``secrets`` (their values) anywhere in an event."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+        # URL-encoded too: an error quoting a request URL carries a password with '@' or ' ' encoded.
+        self.secrets = sorted({form for s in secrets if s and len(s) >= 4
+                               for form in (s, quote(s, safe=""), quote_plus(s))}, key=len, reverse=True)
 
     def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
         return {k: (REDACTED if k.lower() in _SECRET_KEYS else self._scrub(v)) for k, v in event.items()}
