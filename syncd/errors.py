@@ -6,6 +6,7 @@
     ├── LeaseLost              this replica no longer holds the provider's lease
     └── ProviderError          anything a provider account did or said
         ├── AuthError          credentials refused (401/404 on login); permanent for the run
+    │   └── TlsError       the provider's TLS certificate failed verification
         ├── QuotaExhausted     SendHub 420: stop writing to the account for this run
         ├── Rejected           the provider refused a record (field, reason); permanent until it changes
         ├── NotFound           the record does not exist at the provider
@@ -35,6 +36,7 @@ __all__ = [
     "Rejected",
     "SchemaError",
     "SyncdError",
+    "TlsError",
     "TransientError",
     "UnknownOutcome",
     "Unsupported",
@@ -125,6 +127,14 @@ def _rebuild(cls: type[ProviderError], reason: str, state: dict) -> ProviderErro
 
 class AuthError(ProviderError):
     """Credentials were refused."""
+
+
+class TlsError(AuthError):
+    """The provider's TLS certificate failed verification: the server is not who it should be.
+
+    An AuthError because it concerns the whole account for the whole run, and
+    retrying cannot help: the certificate, the trust store or ``tls_verify`` must change.
+    """
 
 
 class QuotaExhausted(ProviderError):

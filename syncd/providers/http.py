@@ -11,6 +11,8 @@ adds what the providers need around it:
   ``retry_after`` hook says), within a bounded total budget;
 * no automatic retry of a non-idempotent request whose outcome is unknown:
   that becomes :class:`~syncd.errors.UnknownOutcome` for the engine to resolve;
+* no retry either of a server whose TLS certificate fails verification:
+  that is :class:`~syncd.errors.TlsError` at once;
 * the one place httpx exceptions and HTTP statuses become
   :mod:`syncd.errors`. Messages carry the path without its query string, so a
   key sent as a query parameter never reaches a log or an error.
@@ -23,6 +25,7 @@ import json
 import logging
 import random
 import re
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +43,7 @@ from syncd.errors import (
     QuotaExhausted,
     RateLimited,
     Rejected,
+    TlsError,
     TransientError,
     UnknownOutcome,
     excerpt,
@@ -218,9 +222,7 @@ class HttpSession:
                 response = await self._send_once(method, path, params, json_body, headers, auth)
                 error = self._map_error(response, provider=self.provider, operation=operation, record=record)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                # Nothing reached the server: always safe to try again.
-                error = TransientError(f"cannot connect: {type(exc).__name__}", provider=self.provider, operation=operation, record=record)
-                error.__cause__ = exc
+                error = self._connect_error(exc, operation, record)
             except httpx.TransportError as exc:
                 error = self._lost_response(exc, idempotent, operation, record)
             except httpx.RequestError as exc:
@@ -254,6 +256,25 @@ class HttpSession:
                 _strip_query(exc)  # it becomes the __cause__ of a syncd error: tracebacks show it
                 raise
 
+    def _connect_error(self, exc: httpx.TransportError, operation: str, record: str) -> ProviderError:
+        """Nothing reached the server: worth another try, unless its certificate was refused (that never heals).
+
+        Other TLS failures (a connection cut mid-handshake, a plain-HTTP port)
+        stay transient, but say TLS.
+        """
+        kw = dict(provider=self.provider, operation=operation, record=record)
+        tls = _tls_failure(exc)
+        host = self._client.base_url.host
+        error: ProviderError
+        if isinstance(tls, ssl.SSLCertVerificationError):
+            error = TlsError(f"TLS certificate verification failed for {host}: {tls.verify_message or tls}", **kw)
+        elif tls is not None:
+            error = TransientError(f"cannot connect: TLS handshake with {host} failed: {tls.reason or tls}", **kw)
+        else:
+            error = TransientError(f"cannot connect: {type(exc).__name__}", **kw)
+        error.__cause__ = exc
+        return error
+
     def _lost_response(self, exc: httpx.TransportError, idempotent: bool, operation: str, record: str) -> ProviderError:
         kw = dict(provider=self.provider, operation=operation, record=record)
         what = "timed out" if isinstance(exc, httpx.TimeoutException) else f"connection lost ({type(exc).__name__})"
@@ -282,6 +303,19 @@ class HttpSession:
 #: (SendHub's ``meta.next`` repeats ``api_key``). Blanked before a body is quoted, so that
 #: not even the start of a key survives an excerpt cut through it.
 _CREDENTIAL_PARAM = re.compile(r"((?:api_key|password|access_token|session_key)=)[^&\s\"'<>]*", re.IGNORECASE)
+
+
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The ``ssl.SSLError`` behind an httpx connection error (httpx -> httpcore -> ssl), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__ or next(
+            (arg for arg in current.args if isinstance(arg, BaseException)), None)
+    return None
 
 
 def redact_credentials(text: str) -> str:
