@@ -390,7 +390,8 @@ class SendHubProvider:
         value = obj.get("id")
         text = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else ""
         if not _ID.fullmatch(text):
-            raise self._protocol(f"{endpoint}: a {kind} has no id of digits (got {excerpt(repr(value), 40)})", operation)
+            problem = f"{endpoint}: a {kind} has no id of digits (got {excerpt(repr(value), 40)})"
+            raise self._protocol(problem, operation)
         return text
 
     def _group_ids(self, value: Any, contact_id: str, endpoint: str, operation: str) -> frozenset[str]:
