@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,8 @@ from tests.e2e.conftest import world  # noqa: F401  (the engine-level fixture, r
 
 #: category -> hashes of the distinct malformed responses served to a client.
 TRIED: dict[str, set[str]] = defaultdict(set)
+#: listing -> {pages the consumer had received when the listing raised: how often}.
+PAGES_BEFORE_ERROR: dict[str, Counter[int]] = defaultdict(Counter)
 
 SENDHUB_BASE = "http://sendhub.invalid/v1"
 SMSEND_BASE = "http://smsend.invalid/API/v1.0/REST"
@@ -213,4 +215,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     for category in sorted(TRIED):
         terminalreporter.write_line(f"{category:32s} {len(TRIED[category]):6d}")
     terminalreporter.write_line(f"{'total':32s} {sum(len(s) for s in TRIED.values()):6d}")
+    if PAGES_BEFORE_ERROR:
+        terminalreporter.write_line("listings that raised, by pages already received (all raised to the consumer):")
+        for listing in sorted(PAGES_BEFORE_ERROR):
+            spread = ", ".join(f"{n} pages: {c}" for n, c in sorted(PAGES_BEFORE_ERROR[listing].items()))
+            terminalreporter.write_line(f"  {listing:30s} {spread}")
 

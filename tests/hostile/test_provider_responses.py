@@ -19,7 +19,6 @@ import json
 import re
 import traceback
 import urllib.parse
-from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,6 +37,7 @@ from syncd.providers.http import RetryPolicy
 from tests.e2e.conftest import World
 from tests.hostile.conftest import (
     PAGE,
+    PAGES_BEFORE_ERROR,
     SENDHUB_BASE,
     SMSEND_BASE,
     Recording,
@@ -55,8 +55,6 @@ NO_WAIT = RetryPolicy(attempts=2, base_delay=0.0, max_delay=0.0, budget=5.0)
 EXAMPLES = max(120, settings.default.max_examples)
 HOSTILE = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                                  HealthCheck.data_too_large])
-#: scenario -> how many pages the consumer had received when the listing raised.
-PAGES_BEFORE_ERROR: dict[str, Counter[int]] = defaultdict(Counter)
 
 # -- JSON surgery -----------------------------------------------------------------
 
@@ -233,9 +231,9 @@ class Result:
     pages: int = 0
 
 
-def run(recording: Recording, kind: str, replay: Replay | Listing, call: Callable[[Any], Awaitable[Any]],
+def run(recording: Recording, kind: str, replay: Replay | Listing, call: Callable[[Any, Result], Awaitable[Any]],
         **settings_overrides: Any) -> Result:
-    """``call(provider)`` on a fresh client whose transport is ``replay``; any exception is caught."""
+    """``call(provider, result)`` on a fresh client whose transport is ``replay``; any exception is caught."""
     make = sendhub_settings if kind == "sendhub" else smsend_settings
 
     async def main() -> Result:
@@ -243,7 +241,7 @@ def run(recording: Recording, kind: str, replay: Replay | Listing, call: Callabl
                                   transport=replay.transport(), retry=NO_WAIT)
         result = Result()
         try:
-            result.value = await call(provider, result) if _wants_result(call) else await call(provider)
+            result.value = await call(provider, result)
         except Exception as exc:  # the property under test: which exceptions escape
             result.error = exc
         finally:
@@ -251,10 +249,6 @@ def run(recording: Recording, kind: str, replay: Replay | Listing, call: Callabl
         return result
 
     return asyncio.run(main())
-
-
-def _wants_result(call: Callable[..., Any]) -> bool:
-    return call.__code__.co_argcount == 2
 
 
 async def drain(listing: Any, result: Result) -> list[Any]:
@@ -404,26 +398,26 @@ TARGETS = [
            lambda p, res: drain(p.groups(), res), _sendhub_groups_ok, pages=2),
     Target("sendhub create contact", "sendhub", "/contacts/",
            lambda r: {SH_CREATE: [r.sendhub_created_contact]}, SH_CREATE,
-           lambda p: p.create_contacts([ANN]), _outcomes_ok("hostile-sendhub", "/contacts/", _sendhub_secrets)),
+           lambda p, res: p.create_contacts([ANN]), _outcomes_ok("hostile-sendhub", "/contacts/", _sendhub_secrets)),
     Target("sendhub create contact: 400 duplicate body", "sendhub", "/contacts/",
            lambda r: {SH_CREATE: [r.sendhub_duplicate_number], SH_CONTACTS: [r.sendhub_found_contact]}, SH_CREATE,
-           lambda p: p.create_contacts([ANN]), _outcomes_ok("hostile-sendhub", "/contacts/", _sendhub_secrets)),
+           lambda p, res: p.create_contacts([ANN]), _outcomes_ok("hostile-sendhub", "/contacts/", _sendhub_secrets)),
     Target("sendhub create contact: duplicate lookup", "sendhub", "/contacts/",
            lambda r: {SH_CREATE: [r.sendhub_duplicate_number], SH_CONTACTS: [r.sendhub_found_contact]}, SH_CONTACTS,
-           lambda p: p.create_contacts([ANN]), _outcomes_ok("hostile-sendhub", "/contacts/", _sendhub_secrets)),
+           lambda p, res: p.create_contacts([ANN]), _outcomes_ok("hostile-sendhub", "/contacts/", _sendhub_secrets)),
     Target("sendhub update contact", "sendhub", "/contacts/",
            lambda r: {("PUT", r"/contacts/\d+/"): [r.sendhub_updated_contact]}, ("PUT", r"/contacts/\d+/"),
-           lambda p: p.update_contacts([ContactWrite(1, ANN.phone, ANN.fields, remote_id="5")]),
+           lambda p, res: p.update_contacts([ContactWrite(1, ANN.phone, ANN.fields, remote_id="5")]),
            _outcomes_ok("hostile-sendhub", "/contacts/", _sendhub_secrets)),
     Target("sendhub create group", "sendhub", "/groups/",
            lambda r: {SH_CREATE_GROUP: [r.sendhub_created_group]}, SH_CREATE_GROUP,
-           lambda p: p.create_group("Hostile", ""), _group_id_ok),
+           lambda p, res: p.create_group("Hostile", ""), _group_id_ok),
     Target("sendhub create group: 400 duplicate body", "sendhub", "/groups/",
            lambda r: {SH_CREATE_GROUP: [r.sendhub_duplicate_group], SH_GROUPS: r.sendhub_group_pages},
-           SH_CREATE_GROUP, lambda p: p.create_group("Hostile", ""), _group_id_ok),
+           SH_CREATE_GROUP, lambda p, res: p.create_group("Hostile", ""), _group_id_ok),
     Target("sendhub change members", "sendhub", "/groups/",
            lambda r: {("POST", r"/groups/\d+/contacts/"): [r.sendhub_members]}, ("POST", r"/groups/\d+/contacts/"),
-           lambda p: p.change_members("7", ["11"], []), _members_ok),
+           lambda p, res: p.change_members("7", ["11"], []), _members_ok),
     Target("smsend list groups", "smsend", "/groups",
            lambda r: {SM_GROUPS: r.smsend_group_pages}, SM_GROUPS,
            lambda p, res: drain(p.groups(), res), _smsend_groups_ok, pages=2),
@@ -432,10 +426,10 @@ TARGETS = [
            lambda p, res: drain(p.groups(), res), _smsend_groups_ok, overrides={"login": True}),
     Target("smsend create group", "smsend", "/group",
            lambda r: {SM_CREATE_GROUP: [r.smsend_created_group]}, SM_CREATE_GROUP,
-           lambda p: p.create_group("Hostile", "d"), _group_id_ok),
+           lambda p, res: p.create_group("Hostile", "d"), _group_id_ok),
     Target("smsend upsert contacts", "smsend", "/contact",
            lambda r: {("POST", r"/contact"): [r.smsend_upserted]}, ("POST", r"/contact"),
-           lambda p: p.update_contacts([ContactWrite(1, ANN.phone, {"name": "Ann"})]),
+           lambda p, res: p.update_contacts([ContactWrite(1, ANN.phone, {"name": "Ann"})]),
            _outcomes_ok("hostile-smsend", "/contact", _smsend_secrets)),
 ]
 
@@ -447,26 +441,53 @@ def _replay(target: Target, recording: Recording, index: int, reply: Reply) -> R
     return Replay(base_path=httpx.URL(base).path, routes=routes)
 
 
+def serve_mutated(recording: Recording, target: Target, index: int, category: str, reply: Reply) -> None:
+    """Serve ``reply`` as reply ``index`` of the target's mutated route and check what the call made of it."""
+    replay = _replay(target, recording, index, reply)
+    result = run(recording, target.kind, replay, target.call, **target.overrides)
+    if replay.served[target.mutated] > index:
+        note_tried(category, reply)
+    secrets = _sendhub_secrets(recording) if target.kind == "sendhub" else _smsend_secrets(recording)
+    if result.error is not None:
+        assert_provider_error(result.error, provider=f"hostile-{target.kind}", endpoint=target.endpoint,
+                              secrets=secrets)
+        if target.pages > 1:
+            PAGES_BEFORE_ERROR[target.name][result.pages] += 1
+    else:
+        target.check(result.value, recording, replay)
+
+
 @pytest.mark.parametrize("target", TARGETS, ids=str)
 @HOSTILE
 @given(data=st.data())
 def test_a_mutated_response_gives_correct_data_or_a_provider_error(recording: Recording, target: Target,
                                                                    data: st.DataObject) -> None:
     index = data.draw(st.integers(0, target.pages - 1), label="mutated reply")
-    original = target.routes(recording)[target.mutated][index]
-    category, reply = mutate(data, original)
-    replay = _replay(target, recording, index, reply)
-    overrides = dict(target.overrides)
-    result = run(recording, target.kind, replay, target.call, **overrides)
-    if replay.served[target.mutated] > index:
-        note_tried(category, reply)
-    secrets = _sendhub_secrets(recording) if target.kind == "sendhub" else _smsend_secrets(recording)
-    provider = f"hostile-{target.kind}"
-    if result.error is not None:
-        assert_provider_error(result.error, provider=provider, endpoint=target.endpoint, secrets=secrets)
-        PAGES_BEFORE_ERROR[f"{target.name}: {category}"][result.pages] += 1
-    else:
-        target.check(result.value, recording, replay)
+    category, reply = mutate(data, target.routes(recording)[target.mutated][index])
+    serve_mutated(recording, target, index, category, reply)
+
+
+#: One value of every JSON type (and a 4,000-digit number), for the exhaustive sweep below.
+EVERY_TYPE = [None, True, False, 0, -1, 1.5, 10**4000, "", "x", [], [1], {}, {"id": 1}]
+JSON_TARGETS = [t for t in TARGETS if not t.name.startswith(("smsend login", "smsend create", "smsend upsert",
+                                                               "sendhub update"))]
+
+
+@pytest.mark.parametrize("target", JSON_TARGETS, ids=str)
+def test_every_field_of_a_real_response_with_every_type_or_missing(recording: Recording, target: Target) -> None:
+    """Not sampled: each place of the first reply gets each type in turn, and is deleted."""
+    original = target.routes(recording)[target.mutated][0]
+    doc = original.json()
+    failures: list[str] = []
+    for path in json_paths(doc):
+        variants = [("wrong type (sweep)", set_at(doc, path, value)) for value in EVERY_TYPE]
+        variants += [("missing key/item (sweep)", delete_at(doc, path))] if path else []
+        for category, mutated in variants:
+            try:
+                serve_mutated(recording, target, 0, category, original.with_body(render(mutated)))
+            except AssertionError as failure:
+                failures.append(f"{path}: {str(failure)[:300]}")
+    assert not failures, f"{len(failures)} failures, first ones:\n" + "\n".join(failures[:5])
 
 
 # -- Location headers ----------------------------------------------------------------
@@ -514,11 +535,12 @@ def acceptable_group_id(location: None | str | list[str]) -> str | None:
 def test_a_create_group_location_gives_the_new_id_or_a_protocol_error(recording: Recording, location: Any) -> None:
     reply = _location_reply(recording.smsend_created_group, location)
     replay = Replay("/API/v1.0/REST", {SM_CREATE_GROUP: [reply]})
-    result = run(recording, "smsend", replay, lambda p: p.create_group("Hostile", "d"))
+    result = run(recording, "smsend", replay, lambda p, res: p.create_group("Hostile", "d"))
     note_tried("Location header", reply)
     expected = acceptable_group_id(location)
     if result.error is not None:
-        assert_provider_error(result.error, provider="hostile-smsend", endpoint="/group", secrets=_smsend_secrets(recording))
+        assert_provider_error(result.error, provider="hostile-smsend", endpoint="/group",
+                              secrets=_smsend_secrets(recording))
         assert expected is None, f"{location!r} names group {expected!r}, yet: {result.error}"
     else:
         assert result.value == expected, (location, result.value)
@@ -528,14 +550,14 @@ def test_a_create_group_location_gives_the_new_id_or_a_protocol_error(recording:
 @given(location=LOCATIONS)
 def test_a_bad_location_never_deletes_contacts_through_a_group_it_did_not_create(recording: Recording,
                                                                                  location: Any) -> None:
-    """smsend deletes contacts by deleting a temporary group *with its contacts*: that id must be the one just created."""
+    """smsend deletes contacts by deleting a temporary group *with its contacts*: only the one just created."""
     reply = _location_reply(recording.smsend_created_group, location)
     replay = Replay("/API/v1.0/REST", {
         SM_GROUPS: recording.smsend_group_pages, SM_CREATE_GROUP: [reply],
         ("POST", r"/contact"): [recording.smsend_upserted], ("DELETE", r"/group/.+"): [recording.smsend_deleted_group],
     })
     writes = [ContactWrite(1, "+14155550123", {}, remote_id="+14155550123")]
-    result = run(recording, "smsend", replay, lambda p: p.delete_contacts(writes))
+    result = run(recording, "smsend", replay, lambda p, res: p.delete_contacts(writes))
     note_tried("Location header", reply)
     assert result.error is None, result.error
     listed = set(_ids(recording.smsend_group_pages, "groups", "id_group"))
@@ -740,9 +762,9 @@ def test_a_listing_that_shifts_or_lies_while_paging_raises_or_is_whole(recording
     result = run(recording, provider, listing, lambda p, res: drain(getattr(p, method)(), res))
     name = listing.twist.__name__
     if result.error is not None:
-        assert_provider_error(result.error, provider=f"hostile-{provider}", endpoint=path.rstrip("/"),
-                              secrets=_sendhub_secrets(recording) if provider == "sendhub" else _smsend_secrets(recording))
-        PAGES_BEFORE_ERROR[f"{which}: {name}"][result.pages] += 1
+        secrets = _sendhub_secrets(recording) if provider == "sendhub" else _smsend_secrets(recording)
+        assert_provider_error(result.error, provider=f"hostile-{provider}", endpoint=path.rstrip("/"), secrets=secrets)
+        PAGES_BEFORE_ERROR[f"{which} (paging)"][result.pages] += 1
         assert name != "next_points_elsewhere", result.error  # harmless: the link is never followed
         return
     ids = [item.remote_id for page in result.value for item in page]
@@ -778,7 +800,8 @@ def test_a_malformed_sendhub_pull_fails_sendhub_and_changes_nothing_anywhere(wor
     world.sql("INSERT INTO contacts (phone, name) VALUES ('+14155550199', 'Local Only')")
     first = world.sync()
     assert first.status == "ok", [p.summary() for p in first.providers]
-    assert len(world.sendhub.state.snapshot()["contacts"]) == 13 and len(world.smsend.state.snapshot()["contacts"]) == 13
+    assert len(world.sendhub.state.snapshot()["contacts"]) == 13
+    assert len(world.smsend.state.snapshot()["contacts"]) == 13
     before = _everything(world)
 
     for name, value in fault.items():
