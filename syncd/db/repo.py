@@ -10,15 +10,15 @@ from __future__ import annotations
 import itertools
 import os
 import socket
-import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, String, Text, cast, delete, func, insert, select, update
+from sqlalchemy import Engine, String, cast, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from syncd.db.canonical import Book, read_book
 from syncd.db.models import (
     ChangeLogRow,
     ContactRow,
@@ -30,9 +30,7 @@ from syncd.db.models import (
     RemoteGroupRow,
     SyncRunRow,
 )
-from syncd.errors import excerpt
 from syncd.model import Contact, Group, RemoteContact, RemoteGroup, fingerprint
-from syncd.phones import InvalidPhone, to_e164
 from syncd.sync.plan import Operation
 from syncd.sync.reconcile import BaseRecord
 
@@ -43,28 +41,6 @@ CHUNK = 500  # rows per INSERT/UPDATE batch: bounded statements on both engines
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass
-class Book:
-    """The canonical book in memory: contacts (by id) with their groups, and groups.
-
-    ``invalid`` lists contact rows the engine cannot sync (unreadable phone, or a
-    phone another row already has), each with the reason; ``invalid_groups``
-    likewise groups whose name another group has (trimmed, case-folded). They
-    are skipped, and memberships in a skipped group are left out of ``contacts``.
-    """
-
-    contacts: dict[int, Contact]
-    groups: dict[int, Group]
-    invalid: list[tuple[int, str, str]] = field(default_factory=list)
-    invalid_groups: list[tuple[int, str, str]] = field(default_factory=list)
-
-    def contact_by_phone(self) -> dict[str, int]:
-        return {c.phone: cid for cid, c in self.contacts.items()}
-
-    def group_by_key(self) -> dict[str, int]:
-        return {g.key: gid for gid, g in self.groups.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,44 +108,11 @@ class Store:
     # -- canonical book -----------------------------------------------------
 
     def load_book(self, default_region: str) -> Book:
-        """Read the book, normalising phones written in other formats (by SQL) to E.164."""
+        """Read the book (rows syncd cannot read are listed, see :mod:`syncd.db.canonical`),
+        normalising phones written in other formats (by SQL) to E.164."""
         with self.session() as s:
-            groups, bad_groups = _unique_groups(s.scalars(select(GroupRow).order_by(GroupRow.id)))
-            members: dict[int, set[int]] = {}
-            for gid, cid in s.execute(select(GroupMemberRow.group_id, GroupMemberRow.contact_id)):
-                if gid in groups:
-                    members.setdefault(cid, set()).add(gid)
-            # ``extra`` as text, parsed here: a hand-written SQLite value that is not
-            # JSON at all would otherwise raise inside SQLAlchemy and stop the run.
-            rows = s.execute(select(ContactRow.id, ContactRow.phone, ContactRow.name, ContactRow.surname,
-                                    ContactRow.email, cast(ContactRow.extra, Text), ContactRow.opted_out,
-                                    ContactRow.updated_at).order_by(ContactRow.id)).all()
-        book = Book({}, groups, invalid_groups=bad_groups)
-        seen: dict[str, int] = {}
-        fixes: dict[int, str] = {}
-        for cid, phone, name, surname, email, extra_text, opted_out, updated_at in rows:
-            try:
-                e164 = to_e164(phone, default_region)
-            except InvalidPhone as exc:
-                book.invalid.append((cid, "phone", str(exc)))
-                continue
-            if e164 in seen:
-                book.invalid.append((cid, "phone", f"{phone!r} is the same number as contact {seen[e164]} ({e164})"))
-                continue
-            extra, problem = _json_object(extra_text)
-            if problem:
-                book.invalid.append((cid, "extra", problem))
-                continue
-            seen[e164] = cid
-            if e164 != phone:
-                fixes[cid] = e164
-            book.contacts[cid] = Contact(cid, e164, name or "", surname or "", email or "",
-                                         {str(k): v for k, v in extra.items()}, bool(opted_out),
-                                         frozenset(members.get(cid, ())), updated_at)
-        # A number another row already holds verbatim stays as written (that row is
-        # the reported duplicate): rewriting it would break the unique constraint.
-        held = {phone for _, phone, *_ in rows}
-        self._normalise_phones({cid: e164 for cid, e164 in fixes.items() if e164 not in held})
+            book, fixes = read_book(s, default_region)
+        self._normalise_phones(fixes)
         return book
 
     def _normalise_phones(self, fixes: Mapping[int, str]) -> None:
@@ -395,36 +338,6 @@ class Store:
                                     ChangeLogRow.error).where(ChangeLogRow.provider == "*").order_by(ChangeLogRow.id)).all()
         latest = {(entity, cid): (status, error) for entity, cid, status, error in rows if cid is not None}
         return {key: error or "" for key, (status, error) in latest.items() if status == "rejected"}
-
-
-def _unique_groups(rows: Iterable[GroupRow]) -> tuple[dict[int, Group], list[tuple[int, str, str]]]:
-    """Groups by id, the first of each name key kept; later ones with the same key, as invalid.
-
-    The database only keeps ``lower(name)`` unique: "VIP" and "vip " are both
-    allowed there but are one group to every provider.
-    """
-    groups: dict[int, Group] = {}
-    seen: dict[str, int] = {}
-    invalid = []
-    for r in rows:
-        group = Group(r.id, r.name, r.description, r.updated_at)
-        if group.key in seen:
-            invalid.append((r.id, "name", f"{r.name!r} is the same name as group {seen[group.key]}"))
-            continue
-        seen[group.key] = r.id
-        groups[r.id] = group
-    return groups, invalid
-
-
-def _json_object(text: str | None) -> tuple[dict[str, Any], str | None]:
-    """``extra`` read from its JSON text: the object, or a problem naming the value."""
-    try:
-        value = json.loads(text) if text is not None else None
-    except ValueError:
-        return {}, f"extra is not valid JSON: {excerpt(text or '', 60)!r}"
-    if not isinstance(value, dict):
-        return {}, f"extra must be a JSON object, got {type(value).__name__}: {excerpt(text or '', 60)!r}"
-    return value, None
 
 
 def latest_outbound_ids():

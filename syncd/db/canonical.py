@@ -1,0 +1,188 @@
+"""Reading the canonical book as people leave it: every value readable, or a named problem.
+
+Users edit ``contacts``, ``groups`` and ``group_members`` with plain SQL
+(design §3). SQLite stores whatever a client sends: text that is not UTF-8
+(typed in a Latin-1 terminal), ``'false'`` in a boolean, ``'yesterday'`` in a
+timestamp, ``'{bad'`` as JSON. Read with their declared types, one such value
+raises inside the driver or SQLAlchemy and fails the whole query, and so every
+run. Here columns come back raw (text as bytes on SQLite) and are checked row
+by row: a row syncd cannot read is listed in :attr:`Book.invalid` with the
+field and the value, and skipped; the other rows are read as usual.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Integer, LargeBinary, Select, Text, cast, select, type_coerce
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Session
+
+from syncd.db.models import ContactRow, GroupMemberRow, GroupRow, UTCDateTime
+from syncd.errors import excerpt
+from syncd.model import Contact, Group
+from syncd.phones import InvalidPhone, to_e164
+
+__all__ = ["Book", "read_book"]
+
+Invalid = tuple[int, str, str]  # (row id, field, problem naming the value)
+
+
+@dataclass
+class Book:
+    """The canonical book in memory: contacts (by id) with their groups, and groups.
+
+    ``invalid`` lists contact rows the engine cannot sync (unreadable phone, or a
+    phone another row already has, or a value it cannot read), each with the
+    field and the reason; ``invalid_groups`` likewise groups (one whose name
+    another group has, trimmed and case-folded). They are skipped, and
+    memberships in a skipped group are left out of ``contacts``.
+    """
+
+    contacts: dict[int, Contact]
+    groups: dict[int, Group]
+    invalid: list[Invalid] = field(default_factory=list)
+    invalid_groups: list[Invalid] = field(default_factory=list)
+
+    def contact_by_phone(self) -> dict[str, int]:
+        return {c.phone: cid for cid, c in self.contacts.items()}
+
+    def group_by_key(self) -> dict[str, int]:
+        return {g.key: gid for gid, g in self.groups.items()}
+
+
+def read_book(session: Session, default_region: str) -> tuple[Book, dict[int, str]]:
+    """The book, and the phones to rewrite in E.164 (contact id -> E.164)."""
+    columns = _Columns(session.get_bind().dialect)
+    groups, bad_groups = _unique_groups(columns, session.execute(columns.group_query()))
+    members: dict[int, set[int]] = {}
+    for gid, cid in session.execute(select(GroupMemberRow.group_id, GroupMemberRow.contact_id)):
+        if gid in groups:
+            members.setdefault(cid, set()).add(gid)
+    book = Book({}, groups, invalid_groups=bad_groups)
+    seen: dict[str, int] = {}
+    written: set[str] = set()  # every phone as stored
+    fixes: dict[int, str] = {}
+    for row in session.execute(columns.contact_query()):
+        try:
+            phone = columns.text(row.phone, "phone")
+            written.add(phone)
+            contact = columns.contact(row, phone, default_region, members.get(row.id, ()))
+            if contact.phone in seen:
+                raise _Unreadable("phone", f"{phone!r} is the same number as contact {seen[contact.phone]} "
+                                           f"({contact.phone})")
+        except _Unreadable as exc:
+            book.invalid.append((row.id, exc.field, exc.problem))
+            continue
+        seen[contact.phone] = row.id
+        book.contacts[row.id] = contact
+        if contact.phone != phone:
+            fixes[row.id] = contact.phone
+    # A number another row holds verbatim stays as written (that row is the
+    # reported duplicate): rewriting it would break the unique constraint.
+    return book, {cid: e164 for cid, e164 in fixes.items() if e164 not in written}
+
+
+class _Unreadable(Exception):
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(problem)
+        self.field, self.problem = field, problem
+
+
+class _Columns:
+    """How each canonical column is selected, and read back checked."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.sqlite = dialect.name == "sqlite"
+        # SQLite keeps timestamps as text: parsed here, with the column type's own reading.
+        self._time = UTCDateTime().dialect_impl(dialect).result_processor(dialect, None) if self.sqlite else None
+
+    def _raw(self, column: Any) -> Any:
+        return cast(column, LargeBinary) if self.sqlite else column
+
+    def contact_query(self) -> Select[Any]:
+        c = ContactRow
+        extra = cast(c.extra, LargeBinary if self.sqlite else Text)
+        return select(c.id, self._raw(c.phone).label("phone"), self._raw(c.name).label("name"),
+                      self._raw(c.surname).label("surname"), self._raw(c.email).label("email"),
+                      extra.label("extra"), type_coerce(c.opted_out, Integer).label("opted_out"),
+                      self._raw(c.updated_at).label("updated_at")).order_by(c.id)
+
+    def group_query(self) -> Select[Any]:
+        g = GroupRow
+        return select(g.id, self._raw(g.name).label("name"), self._raw(g.description).label("description"),
+                      self._raw(g.updated_at).label("updated_at")).order_by(g.id)
+
+    def contact(self, row: Any, phone: str, default_region: str, groups: Iterable[int]) -> Contact:
+        try:
+            e164 = to_e164(phone, default_region)
+        except InvalidPhone as exc:
+            raise _Unreadable("phone", str(exc)) from None
+        extra = self.json_object(row.extra)
+        return Contact(row.id, e164, self.text(row.name, "name"), self.text(row.surname, "surname"),
+                       self.text(row.email, "email"), {str(k): v for k, v in extra.items()},
+                       self.flag(row.opted_out, "opted_out"), frozenset(groups), self.time(row.updated_at))
+
+    def text(self, raw: Any, name: str) -> str:
+        if raw is None:
+            return ""
+        if isinstance(raw, (bytes, bytearray, memoryview)):
+            try:
+                return bytes(raw).decode("utf-8")
+            except UnicodeDecodeError:
+                raise _Unreadable(name, f"{name} is not UTF-8 text: {excerpt(repr(bytes(raw)), 60)}") from None
+        return str(raw)
+
+    def flag(self, raw: Any, name: str) -> bool:
+        # 'false' typed into a SQLite boolean would otherwise read as true: an opt-out
+        # (sticky, and pushed to smsend's blacklist) nobody asked for.
+        if isinstance(raw, int) and raw in (0, 1):
+            return bool(raw)
+        raise _Unreadable(name, f"{name} must be true or false (1 or 0), got {excerpt(repr(raw), 60)}")
+
+    def time(self, raw: Any) -> datetime | None:
+        if self._time is None:
+            return raw
+        text = self.text(raw, "updated_at")
+        try:
+            return self._time(text)
+        except (ValueError, TypeError):
+            raise _Unreadable("updated_at", f"updated_at is not a timestamp: {excerpt(text, 60)!r}") from None
+
+    def json_object(self, raw: Any) -> Mapping[str, Any]:
+        text = self.text(raw, "extra")
+        try:
+            value = json.loads(text) if raw is not None else None
+        except ValueError:
+            raise _Unreadable("extra", f"extra is not valid JSON: {excerpt(text, 60)!r}") from None
+        if not isinstance(value, dict):
+            raise _Unreadable("extra", f"extra must be a JSON object, got {type(value).__name__}: {excerpt(text, 60)!r}")
+        return value
+
+
+def _unique_groups(columns: _Columns, rows: Iterable[Any]) -> tuple[dict[int, Group], list[Invalid]]:
+    """Groups by id, the first of each name key kept; later ones with the same key, as invalid.
+
+    The database only keeps ``lower(name)`` unique: "VIP" and "vip " are both
+    allowed there but are one group to every provider.
+    """
+    groups: dict[int, Group] = {}
+    seen: dict[str, int] = {}
+    invalid = []
+    for row in rows:
+        try:
+            group = Group(row.id, columns.text(row.name, "name"), columns.text(row.description, "description"),
+                          columns.time(row.updated_at))
+        except _Unreadable as exc:
+            invalid.append((row.id, exc.field, exc.problem))
+            continue
+        if group.key in seen:
+            invalid.append((row.id, "name", f"{group.name!r} is the same name as group {seen[group.key]}"))
+            continue
+        seen[group.key] = row.id
+        groups[row.id] = group
+    return groups, invalid
