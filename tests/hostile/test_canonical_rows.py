@@ -257,6 +257,41 @@ def test_group_rows_written_by_hand(world: World):
     assert len(contacts) == len(sendhub_contacts(world)) == len(smsend_contacts(world))
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_values_only_sqlite_lets_through(world: World):
+    """SQLite keeps any bytes and any type a client sends; PostgreSQL refuses these itself."""
+    bad = {
+        "name": "CAST(x'4a6f73e9' AS TEXT)",  # 'José' typed in a Latin-1 terminal
+        "phone": "CAST(x'2b3136353032353330303938ff' AS TEXT)",
+        "extra": "CAST(x'7b2263697479223a22e9227d' AS TEXT)",
+        "opted_out": "'false'",  # would read as true: a sticky opt-out nobody asked for
+        "updated_at": "'yesterday'",
+    }
+    ids = {}
+    for i, (column, value) in enumerate(bad.items()):
+        [(ids[column],)] = world.sql(f"INSERT INTO contacts (phone, name) VALUES ('+1650253009{i}', 'Bad {column}') "
+                                     "RETURNING id")
+        world.sql(f"UPDATE contacts SET {column} = {value} WHERE id = :i", i=ids[column])
+        TRIED[CATEGORY].add(f"{column} = {value}")
+    [(good,)] = world.sql("INSERT INTO contacts (phone, name) VALUES ('+16502530080', 'Fine') RETURNING id")
+    world.sql("INSERT INTO groups (name) VALUES (CAST(x'4a6f73e9' AS TEXT)), ('Good')")
+    world.sql("INSERT INTO group_members (group_id, contact_id) SELECT id, :c FROM groups", c=good)
+
+    report = world.sync()
+    assert report.status == "ok", [p.summary() for p in report.providers]
+    found = {(entity, cid): error for entity, cid, error in world.sql(
+        "SELECT entity, canonical_id, error FROM change_log WHERE provider = '*'")}
+    assert {key[1] for key in found if key[0] == "contact"} == set(ids.values())
+    for column, cid in ids.items():
+        assert found[("contact", cid)].startswith(f"{column}: {column} "), found
+    [group_problem] = [e for (entity, _), e in found.items() if entity == "group"]
+    assert "name is not UTF-8 text" in group_problem and "Jos\\xe9" in group_problem
+    assert set(sendhub_contacts(world)) == set(smsend_contacts(world)) == {"+16502530080"}
+    assert [g["name"] for g in world.sendhub.state.snapshot()["groups"]] == ["Good"]
+    assert world.smsend.state.snapshot()["blacklist"] == []
+    assert_quiet(world)
+
+
 # -- load_book alone, on many more shapes (SQLite: it stores whatever text is typed) --------------
 
 
@@ -282,19 +317,26 @@ def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=st.lists(st.tuples(PHONE_SHAPES, st.text(max_size=30), EXTRA_SHAPES), max_size=8))
+TEXT_SHAPES = st.one_of(st.text(max_size=30), st.binary(max_size=8))  # bytes: a BLOB, maybe not UTF-8
+FLAG_SHAPES = st.sampled_from([0, 1, True, False, 2, -1, "false", "true", "0", "", 0.5])
+TIME_SHAPES = st.one_of(st.sampled_from(["2024-01-01 10:00:00", "2024-01-01T10:00:00+02:00",
+                                         "2024-01-01 10:00:00.123456", "yesterday", "", "2024-13-45"]),
+                        st.integers(-(2**63), 2**63 - 1), st.text(max_size=12))
+
+
+@settings(max_examples=80, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(PHONE_SHAPES, TEXT_SHAPES, EXTRA_SHAPES, FLAG_SHAPES, TIME_SHAPES), max_size=8))
 def test_load_book_sorts_every_row_into_synced_or_reported(sqlite_engine: Engine, rows):
     with sqlite_engine.begin() as conn:
         conn.execute(text("DELETE FROM contacts"))
-        inserted = []
-        for phone, name, extra in rows:
-            if phone in {p for p, _, _ in inserted}:
+        phones = set()
+        for row in rows:
+            if row[0] in phones:
                 continue  # the unique constraint refuses it before syncd sees it
-            conn.execute(text("INSERT INTO contacts (phone, name, extra) VALUES (:p, :n, :e)"),
-                         {"p": phone, "n": name, "e": extra})
-            inserted.append((phone, name, extra))
-            TRIED[CATEGORY].add(repr((phone, extra)))
+            conn.execute(text("INSERT INTO contacts (phone, name, extra, opted_out, updated_at) "
+                              "VALUES (:p, :n, :e, :o, :u)"), dict(zip("pneou", row, strict=True)))
+            phones.add(row[0])
+            TRIED[CATEGORY].add(repr(row))
         ids = [cid for (cid,) in conn.execute(text("SELECT id FROM contacts"))]
 
     book = Store(sqlite_engine).load_book("US")
@@ -303,5 +345,6 @@ def test_load_book_sorts_every_row_into_synced_or_reported(sqlite_engine: Engine
     assert sorted([*book.contacts, *reported]) == sorted(ids)  # each row exactly once
     assert len({c.phone for c in book.contacts.values()}) == len(book.contacts)  # no number twice
     assert all(c.phone.startswith("+") and isinstance(c.extra, dict) for c in book.contacts.values())
-    assert all(field in ("phone", "extra") and reason for _, field, reason in book.invalid)
+    assert all(field in ("phone", "name", "extra", "opted_out", "updated_at") and reason
+               for _, field, reason in book.invalid)
     Store(sqlite_engine).load_book("US")  # the phones it rewrote read back the same way
