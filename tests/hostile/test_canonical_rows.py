@@ -238,6 +238,7 @@ def test_group_rows_written_by_hand(world: World):
     # 'vip ' is the same group as 'VIP' to every provider: reported, not created.
     [(gid, status, error)] = world.sql("SELECT canonical_id, status, error FROM change_log WHERE provider = '*'")
     assert (gid, status) == (groups["vip "], "rejected") and "'vip '" in error and "name" in error
+    assert re.search(rf"^\d+\s+\*\s+group\s+update\s+{gid}\s+rejected\s+0\s+name: ", status_output(world), re.M)
     # '' is refused by both providers, the 200-character name by SendHub (128 at most).
     refused = set(world.sql("SELECT provider, canonical_id FROM change_log WHERE status = 'rejected' "
                             "AND entity = 'group' AND provider != '*'"))
