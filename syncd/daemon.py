@@ -241,7 +241,7 @@ class Daemon:
         except Exception as exc:  # a crashed run must not end the daemon: log, count, try again next tick
             log.exception("run.crashed", error=str(exc))
             self.metrics.runs.labels("error").inc()
-            self.notifier.status(f"last run crashed: {exc}")
+            self.notifier.status(f"last run crashed: {type(exc).__name__} (details in the journal)")
             return
         self._after_run(report, held.busy, time.monotonic() - started, engine)
 

@@ -87,6 +87,14 @@ def catch_errors(func: F) -> F:
         except SyncdError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(1)
+        except (click.ClickException, click.Abort):
+            raise
+        except Exception as err:  # a bug: one redacted line here, the traceback in the (redacted) log
+            import structlog
+
+            structlog.get_logger("syncd.cli").exception("cli.crashed")
+            click.echo(f"error: internal error ({type(err).__name__}); the log above has the details", err=True)
+            sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
 

@@ -125,6 +125,14 @@ async def run_once(config: Config, engine: Engine, *, only: Sequence[str] = (), 
     return RunReport(run_id, status, reports, book.invalid + book.invalid_groups)
 
 
+def _abandon_run(store: Store, run_id: int, exc: BaseException) -> None:
+    """Close the run's row as failed when the run dies, so it never stays `running`."""
+    try:
+        store.finish_run(run_id, "failed", {}, error=f"{type(exc).__name__}: {exc}")
+    except Exception:
+        log.exception("run.finish_failed", run_id=run_id)
+
+
 async def _all(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
     """Run the providers' work concurrently and wait for all of it, then raise the first error.
 
@@ -170,9 +178,11 @@ async def _pull(store: Store, run_id: int, a: _Account, progress: Callable[[str]
         else:
             a.contacts = store.load_mirror_contacts(name)  # what syncd last wrote (outbound-only contacts)
     except (ProviderError, Unsupported) as exc:
-        a.report.status, a.report.error = "failed", str(exc)
-        store.record_pull(name, run_id, False, str(exc))
-        log.error("pull.failed", provider=name, error=str(exc))
+        _pull_failed(store, run_id, a, str(exc))
+        return
+    except Exception as exc:  # a bug or a database error: this provider fails, the others go on
+        log.exception("pull.crashed", provider=name)
+        _pull_failed(store, run_id, a, f"internal error while pulling: {type(exc).__name__}: {exc}")
         return
     store.prune_mirror(name, contacts=False, keep=a.groups)
     if a.client.capabilities.list_contacts:
@@ -181,6 +191,15 @@ async def _pull(store: Store, run_id: int, a: _Account, progress: Callable[[str]
     a.report.counts["pulled"] = len(a.groups) + (len(a.contacts) if a.client.capabilities.list_contacts else 0)
     store.record_pull(name, run_id, True, None)
     log.info("pull.done", provider=name, groups=len(a.groups), contacts=len(a.contacts))
+
+
+def _pull_failed(store: Store, run_id: int, a: _Account, error: str) -> None:
+    a.report.status, a.report.error = "failed", error
+    log.error("pull.failed", provider=a.settings.name, error=error)
+    try:
+        store.record_pull(a.settings.name, run_id, False, error)
+    except Exception:  # the database itself may be what failed
+        log.exception("pull.record_failed", provider=a.settings.name)
 
 
 # -- reconcile ---------------------------------------------------------------------
