@@ -185,6 +185,33 @@ class Store:
                       base_fingerprint=fingerprint(base), synced_at=utcnow()))
         s.flush()
 
+    def set_links(self, s: Session, provider: str, entity: str,
+                  links: Sequence[tuple[int, str, Mapping[str, Any]]]) -> None:
+        """:meth:`set_link` for each ``(canonical id, remote id, base)`` in order, in a few statements.
+
+        The rows left are those one call per link would leave: a link replaces any
+        earlier one (in the database or in ``links``) with its canonical or remote id.
+        """
+        if self.dry_run or not links:
+            return
+        kept, seen_cids, seen_rids = [], set(), set()
+        for cid, remote_id, base in reversed(links):
+            if cid not in seen_cids and remote_id not in seen_rids:
+                kept.append((cid, remote_id, base))
+            seen_cids.add(cid)
+            seen_rids.add(remote_id)
+        where = (LinkRow.provider == provider, LinkRow.entity == entity)
+        for chunk in _chunks(sorted(seen_cids)):
+            s.execute(delete(LinkRow).where(*where, LinkRow.canonical_id.in_(chunk)))
+        for chunk in _chunks(sorted(seen_rids)):
+            s.execute(delete(LinkRow).where(*where, LinkRow.remote_id.in_(chunk)))
+        now = utcnow()
+        rows = [{"provider": provider, "entity": entity, "canonical_id": cid, "remote_id": remote_id,
+                 "base": dict(base), "base_fingerprint": fingerprint(base), "synced_at": now}
+                for cid, remote_id, base in reversed(kept)]
+        for chunk in _chunks(rows):
+            s.execute(insert(LinkRow), chunk)
+
     def drop_link(self, s: Session, provider: str, entity: str, cid: int | None, remote_id: str | None = None) -> None:
         if self.dry_run:
             return
@@ -258,6 +285,16 @@ class Store:
                                                    RemoteGroupRow.remote_id == group.remote_id))
             s.execute(insert(RemoteGroupRow), [_group_row(provider, group)])
 
+    def put_mirror_contacts(self, s: Session, provider: str, contacts: Sequence[RemoteContact]) -> None:
+        """:meth:`put_mirror` for many contacts, in a few statements (the last one per remote id wins)."""
+        if self.dry_run or not contacts:
+            return
+        rows = list({c.remote_id: _contact_row(provider, c) for c in contacts}.values())
+        for chunk in _chunks(rows):
+            s.execute(delete(RemoteContactRow).where(RemoteContactRow.provider == provider,
+                                                     RemoteContactRow.remote_id.in_([r["remote_id"] for r in chunk])))
+            s.execute(insert(RemoteContactRow), chunk)
+
     def record_pull(self, provider: str, run_id: int, complete: bool, error: str | None) -> None:
         if self.dry_run:
             return
@@ -299,6 +336,14 @@ class Store:
             values["fingerprint"] = fingerprint
         for chunk in _chunks(list(ids)):
             s.execute(update(ChangeLogRow).where(ChangeLogRow.id.in_(chunk)).values(**values))
+
+    def settle_applied(self, s: Session, settled: Sequence[tuple[int, str | None, str | None]]) -> None:
+        """Mark many change-log rows ``applied``: ``(id, remote id or None to keep it, note or None)`` each."""
+        if self.dry_run or not settled:
+            return
+        rows = [{"id": entry, "status": "applied", "error": note} | ({"remote_id": rid} if rid is not None else {})
+                for entry, rid, note in settled]
+        s.execute(update(ChangeLogRow), rows)  # ORM bulk UPDATE by primary key: one executemany per key set
 
     def retry_ledger(self, provider: str) -> dict[tuple[str, int | None, str | None], ChangeLogRow]:
         """The latest outbound row per record, when it is failed or rejected: to back off or wait for a change."""

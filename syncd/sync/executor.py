@@ -231,34 +231,41 @@ class Pusher:
 
     def _settle_contacts(self, ops, entries, writes, outcomes: Sequence[WriteOutcome]) -> None:
         self.fence()
+        applied, settled = [], []
         with self.store.session() as s, s.begin():
             for op, entry, write, outcome in zip(ops, entries, writes, outcomes, strict=True):
                 if outcome.error is not None:
                     self._settle_error(s, op, entry, outcome.error)
                     continue
                 remote_id = outcome.remote_id or op.remote_id
-                self.store.settle(s, [entry], "applied", remote_id=remote_id,
-                                  error=outcome.note or None)
-                self._record_contact(s, op, write, remote_id)
+                settled.append((entry, remote_id, outcome.note or None))
+                applied.append((op, write, remote_id))
                 self._count(op)
+            # a batch's rows in a few statements: one statement per row cost most of a large push
+            self.store.settle_applied(s, settled)
+            self._record_contacts(s, applied)
 
-    def _record_contact(self, s, op: Operation, write: ContactWrite, remote_id: str) -> None:
-        links = self.links["contact"]
-        if op.action is Action.DELETE:
-            links.pop(op.canonical_id, None)
-            self.store.drop_link(s, self.name, "contact", op.canonical_id, remote_id)
-            self.store.drop_mirror(s, self.name, contacts=True, remote_id=remote_id)
-            self.mirror.pop(remote_id, None)
-            return
-        after = dict(op.after or {})
-        if "groups" in after:  # the base holds only memberships sent: a group not (yet) at the provider
-            linked = self.links["group"]  # reads as "removed there" otherwise, and the next run drops it
-            after["groups"] = [g for g in after["groups"] if g in linked]
-        links[op.canonical_id] = BaseRecord(remote_id, after)
-        self.store.set_link(s, self.name, "contact", op.canonical_id, remote_id, after)
-        mirrored = RemoteContact(remote_id, write.phone, dict(write.fields), write.groups, write.opted_out)
-        self.mirror[remote_id] = mirrored
-        self.store.put_mirror(s, self.name, contact=mirrored)
+    def _record_contacts(self, s, applied: Sequence[tuple[Operation, ContactWrite, str]]) -> None:
+        """Links (bases) and mirror rows for applied contact operations (of one stage: no record twice)."""
+        links, upserted, mirrored = self.links["contact"], [], []
+        for op, write, remote_id in applied:
+            if op.action is Action.DELETE:
+                links.pop(op.canonical_id, None)
+                self.store.drop_link(s, self.name, "contact", op.canonical_id, remote_id)
+                self.store.drop_mirror(s, self.name, contacts=True, remote_id=remote_id)
+                self.mirror.pop(remote_id, None)
+                continue
+            after = dict(op.after or {})
+            if "groups" in after:  # the base holds only memberships sent: a group not (yet) at the provider
+                linked = self.links["group"]  # reads as "removed there" otherwise, and the next run drops it
+                after["groups"] = [g for g in after["groups"] if g in linked]
+            links[op.canonical_id] = BaseRecord(remote_id, after)
+            upserted.append((op.canonical_id, remote_id, after))
+            contact = RemoteContact(remote_id, write.phone, dict(write.fields), write.groups, write.opted_out)
+            self.mirror[remote_id] = contact
+            mirrored.append(contact)
+        self.store.set_links(s, self.name, "contact", upserted)
+        self.store.put_mirror_contacts(s, self.name, mirrored)
 
     async def _memberships(self, ops: list[Operation]) -> None:
         """Contacts whose groups alone changed: per-group add/remove calls (SendHub)."""
@@ -291,11 +298,10 @@ class Pusher:
                     self._settle_error(s, mop, entry, error)
                 else:
                     self.store.settle(s, [entry], "applied")
-            for op in ops:
-                if op.canonical_id not in failed_contacts:
-                    write = self._write(op)
-                    self._record_contact(s, op, write, op.remote_id)
-                    self._count(op)
+            done = [op for op in ops if op.canonical_id not in failed_contacts]
+            self._record_contacts(s, [(op, self._write(op), op.remote_id) for op in done])
+            for op in done:
+                self._count(op)
 
     async def _change_group(self, rgid: str, add: set[str], remove: set[str]) -> tuple[str, dict[str, Exception]]:
         try:
