@@ -113,6 +113,9 @@ async def run_once(config: Config, engine: Engine, *, only: Sequence[str] = (), 
         writable = [a for a in ready if a.settings.mode != "pull" and a.report.status != "failed"]
         await _all(_outbound(store, run_id, book, a, config, allow_mass_delete, stopping, fences[a.settings.name])
                    for a in writable)
+    except BaseException as exc:
+        _abandon_run(store, run_id, exc)
+        raise
     finally:
         await asyncio.gather(*(a.client.aclose() for a in accounts), return_exceptions=True)
         for a in accounts:
