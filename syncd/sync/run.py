@@ -131,7 +131,7 @@ async def run_once(config: Config, engine: Engine, *, only: Sequence[str] = (), 
 def _abandon_run(store: Store, run_id: int, exc: BaseException) -> None:
     """Close the run's row as failed when the run dies, so it never stays `running`."""
     try:
-        store.finish_run(run_id, "failed", {}, error=f"{type(exc).__name__}: {exc}")
+        store.finish_run(run_id, "failed", {}, error=f"the run died ({type(exc).__name__}); the log has the details")
     except Exception:
         log.exception("run.finish_failed", run_id=run_id)
 
@@ -185,7 +185,8 @@ async def _pull(store: Store, run_id: int, a: _Account, progress: Callable[[str]
         return
     except Exception as exc:  # a bug or a database error: this provider fails, the others go on
         log.exception("pull.crashed", provider=name)
-        _pull_failed(store, run_id, a, f"internal error while pulling: {type(exc).__name__}: {exc}")
+        # Only the type reaches the tables: an unexpected message may quote anything, secrets included.
+        _pull_failed(store, run_id, a, f"internal error while pulling ({type(exc).__name__}); the log has the details")
         return
     store.prune_mirror(name, contacts=False, keep=a.groups)
     if a.client.capabilities.list_contacts:
