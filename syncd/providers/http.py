@@ -29,7 +29,7 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus
 
 import httpx
@@ -51,6 +51,9 @@ from syncd.errors import (
 
 __all__ = ["HttpSession", "RetryPolicy", "TokenBucket", "default_error", "parse_json", "redact_credentials",
            "secret_spellings"]
+
+if TYPE_CHECKING:
+    from syncd.config import ProviderSettings
 
 log = structlog.get_logger("syncd.http")
 
@@ -197,6 +200,15 @@ class HttpSession:
             transport=transport,
             follow_redirects=False,
         )
+
+    @classmethod
+    def for_account(cls, settings: ProviderSettings, *, error_mapper: ErrorMapper,
+                    retry: RetryPolicy | None = None,
+                    transport: httpx.AsyncBaseTransport | None = None) -> HttpSession:
+        """The session one configured account calls for: its URL, timeout, limits and TLS setting."""
+        return cls(provider=settings.name, base_url=settings.base_url, timeout=settings.timeout_seconds,
+                   requests_per_second=settings.requests_per_second, max_concurrency=settings.max_concurrency,
+                   verify=settings.tls_verify, retry=retry, error_mapper=error_mapper, transport=transport)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -285,17 +285,8 @@ class SendHubProvider:
         self._batch_size = max(1, settings.batch_size)
         self._write_slots = asyncio.Semaphore(max(1, settings.max_concurrency))
         self._quota: QuotaExhausted | None = None
-        self._session = HttpSession(
-            provider=settings.name,
-            base_url=settings.base_url,
-            timeout=settings.timeout_seconds,
-            requests_per_second=settings.requests_per_second,
-            max_concurrency=settings.max_concurrency,
-            verify=settings.tls_verify,
-            retry=retry,
-            error_mapper=sendhub_error,
-            transport=transport,
-        )
+        self._session = HttpSession.for_account(settings, error_mapper=sendhub_error, retry=retry,
+                                                transport=transport)
 
     @property
     def stats(self) -> RequestStats:

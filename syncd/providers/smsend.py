@@ -263,17 +263,8 @@ class SmsendProvider:
         self.default_region = default_region
         self.batch_size = max(1, min(settings.batch_size, MAX_BATCH))
         self._mode = _auth_mode(settings)
-        self._http = HttpSession(
-            provider=settings.name,
-            base_url=settings.base_url,
-            timeout=settings.timeout_seconds,
-            requests_per_second=settings.requests_per_second,
-            max_concurrency=settings.max_concurrency,
-            verify=settings.tls_verify,
-            retry=retry,
-            error_mapper=_make_error_mapper(settings.secrets()),
-            transport=transport,
-        )
+        self._http = HttpSession.for_account(settings, error_mapper=_make_error_mapper(settings.secrets()),
+                                             retry=retry, transport=transport)
         self._headers: dict[str, str] | None = None
         self._generation = 0  # bumped on every login, so concurrent 401s log in once
         self._login_lock = asyncio.Lock()
