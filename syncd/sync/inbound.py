@@ -36,6 +36,7 @@ class InboundApplier:
         self.counts = counts
         self.open_conflicts = store.open_conflicts(provider.name)
         self._by_phone: dict[str, int] | None = None  # built on the first create: one pass, not one per create
+        self._links_due: list[tuple[str, int, str, dict[str, Any]]] = []  # written per chunk: see _write_links
         # remote id -> canonical id, so a re-linked remote record drops its stale link (as the table does)
         self.by_remote = {entity: {link.remote_id: cid for cid, link in entity_links.items()}
                           for entity, entity_links in links.items()}
@@ -46,6 +47,7 @@ class InboundApplier:
         for i in range(0, len(todo), CHUNK):
             with self.store.session() as s, s.begin():
                 entries = [entry for op in todo[i:i + CHUNK] for entry in self._apply_one(s, op)]
+                self._write_links(s)
                 self.store.log(s, self.run_id, entries)
 
     def _apply_one(self, s, op: Operation) -> list[LogEntry]:
@@ -201,6 +203,7 @@ class InboundApplier:
         return [LogEntry(op, self.name, "applied")]
 
     def _unlink(self, s, op: Operation) -> list[LogEntry]:
+        self._write_links(s)  # links set earlier in this chunk first, so this drop sees them
         if op.canonical_id is not None:
             self.links[op.entity.value].pop(op.canonical_id, None)
             self.store.drop_link(s, self.name, op.entity.value, op.canonical_id)
@@ -220,8 +223,19 @@ class InboundApplier:
         if stale is not None and stale != cid:
             self.links[entity.value].pop(stale, None)
         self.by_remote[entity.value][remote_id] = cid
-        self.links[entity.value][cid] = BaseRecord(remote_id, dict(base))
-        self.store.set_link(s, self.name, entity.value, cid, remote_id, base)
+        link = self.links[entity.value][cid] = BaseRecord(remote_id, dict(base))
+        self._links_due.append((entity.value, cid, remote_id, link.fields))
+
+    def _write_links(self, s) -> None:
+        """Write the links set since the last call, in the chunk's transaction.
+
+        Batched because one statement per link cost most of a large import; the
+        in-memory links are current all along, and the rows land before the
+        chunk commits and before any link is dropped.
+        """
+        due, self._links_due = self._links_due, []
+        for entity in dict.fromkeys(e for e, *_ in due):
+            self.store.set_links(s, self.name, entity, [(cid, rid, base) for e, cid, rid, base in due if e == entity])
 
     def _count(self, op: Operation) -> None:
         key = {"create": "created_in", "update": "updated_in", "delete": "deleted_in"}.get(op.action.value)
