@@ -131,7 +131,9 @@ async def run_once(config: Config, engine: Engine, *, only: Sequence[str] = (), 
 def _abandon_run(store: Store, run_id: int, exc: BaseException) -> None:
     """Close the run's row as failed when the run dies, so it never stays `running`."""
     try:
-        store.finish_run(run_id, "failed", {}, error=f"the run died ({type(exc).__name__}); the log has the details")
+        why = ("stopped before the run finished" if isinstance(exc, asyncio.CancelledError)
+               else f"the run died ({type(exc).__name__}; the log has the details)")
+        store.finish_run(run_id, "failed", {}, error=f"{why}; the next run resumes its work")
     except Exception:
         log.exception("run.finish_failed", run_id=run_id)
 
