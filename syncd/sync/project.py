@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import gc
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from syncd.model import Contact, Group, RemoteContact, RemoteGroup
 from syncd.providers.base import Provider
@@ -29,8 +31,9 @@ def group_fields(provider: Provider, name: str, description: str) -> dict:
 
 
 def local_contacts(provider: Provider, contacts: Mapping[int, Contact]) -> dict[int, LocalRecord]:
-    return {cid: LocalRecord(cid, c.phone, contact_fields(provider, c), c.opted_out, c.updated_at)
-            for cid, c in contacts.items()}
+    with _collector_paused():
+        return {cid: LocalRecord(cid, c.phone, contact_fields(provider, c), c.opted_out, c.updated_at)
+                for cid, c in contacts.items()}
 
 
 def local_groups(provider: Provider, groups: Mapping[int, Group]) -> dict[int, LocalRecord]:
@@ -44,15 +47,36 @@ def remote_contacts(provider: Provider, mirror: Mapping[str, RemoteContact],
     to_canonical = {link.remote_id: gid for gid, link in group_links.items()}
     reports_opt_out = not provider.capabilities.opt_out_outbound
     out = {}
-    for rid, rc in mirror.items():
-        fields = dict(rc.fields)
-        fields["groups"] = sorted(to_canonical[g] for g in rc.groups if g in to_canonical)
-        if not reports_opt_out and rc.opted_out:
-            fields["opted_out"] = True
-        out[rid] = RemoteRecord(rid, rc.phone, fields, rc.opted_out and reports_opt_out, rc.modified_at)
+    with _collector_paused():
+        for rid, rc in mirror.items():
+            fields = dict(rc.fields)
+            fields["groups"] = sorted(to_canonical[g] for g in rc.groups if g in to_canonical)
+            if not reports_opt_out and rc.opted_out:
+                fields["opted_out"] = True
+            out[rid] = RemoteRecord(rid, rc.phone, fields, rc.opted_out and reports_opt_out, rc.modified_at)
     return out
 
 
 def remote_groups(provider: Provider, mirror: Mapping[str, RemoteGroup]) -> dict[str, RemoteRecord]:
     return {rid: RemoteRecord(rid, g.key, group_fields(provider, g.name, g.description), False, g.modified_at)
             for rid, g in mirror.items()}
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while many records are built.
+
+    A projection makes a few small objects per record and no reference cycles,
+    but with 100,000 contacts in memory each burst of allocations sets off full
+    collections that walk the whole heap and free nothing: over half of the
+    projections' time in a 100k run. Nothing is lost: cycles made meanwhile
+    elsewhere are collected once it is back on.
+    """
+    if not gc.isenabled():  # already paused (by a caller, or by another thread)
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
