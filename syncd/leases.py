@@ -48,7 +48,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncd.db.models import SyncLeaseRow
-from syncd.errors import LeaseLost
+from syncd.errors import LeaseLost, SyncdError
 
 __all__ = ["Busy", "Hold", "Lease", "LeaseManager", "lease_ttl", "pid_alive"]
 
@@ -337,7 +337,7 @@ def _ensure_row(conn: Connection, provider: str, now: datetime) -> None:
     """Create ``provider``'s lease row, free, if it does not exist (concurrent callers: one wins, no error)."""
     dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(conn.dialect.name)
     if dialect is None:
-        raise NotImplementedError(f"leases support SQLite and PostgreSQL, not {conn.dialect.name}")
+        raise SyncdError(f"leases support SQLite and PostgreSQL, not {conn.dialect.name}")
     conn.execute(dialect.insert(_LEASES).values(provider=provider, generation=0, expires_at=now)
                  .on_conflict_do_nothing(index_elements=["provider"]))
 
