@@ -16,6 +16,8 @@ are read as ``postgresql+psycopg://``.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,20 @@ def _ensure_sqlite_directory(url: URL) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
 
 
+def _enable_wal(cursor: Any, attempts: int = 50) -> None:
+    """Switch to WAL. The switch takes an exclusive lock without waiting on the busy
+    handler, so two processes opening a brand-new file at once can see "database is
+    locked": retry briefly (once in WAL, the mode sticks to the file and this is a no-op)."""
+    for attempt in range(attempts):
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.02 * (attempt + 1))
+
+
 def _install_sqlite_hooks(engine: Engine, *, in_memory: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -94,7 +110,7 @@ def _install_sqlite_hooks(engine: Engine, *, in_memory: bool) -> None:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             if not in_memory:
                 # Readers never block the writer, nor the writer readers.
-                cursor.execute("PRAGMA journal_mode = WAL")
+                _enable_wal(cursor)
         finally:
             cursor.close()
 
