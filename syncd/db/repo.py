@@ -8,7 +8,6 @@ sync share one code path.
 from __future__ import annotations
 
 import itertools
-import os
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from syncd.db.models import (
     RemoteGroupRow,
     SyncRunRow,
 )
+from syncd.leases import pid_alive
 from syncd.model import Contact, Group, RemoteContact, RemoteGroup, fingerprint
 from syncd.sync.plan import Operation
 from syncd.sync.reconcile import BaseRecord
@@ -84,7 +84,7 @@ class Store:
         host = socket.gethostname()
         for run in s.scalars(select(SyncRunRow).where(SyncRunRow.status == "running")):
             owner_host, _, pid = (run.owner or "").rpartition(":")
-            if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+            if owner_host == host and pid.isdigit() and not pid_alive(int(pid)):
                 run.status, run.finished_at, run.error = "failed", utcnow(), "interrupted: its process ended mid-run"
 
     def finish_run(self, run_id: int, status: str, summary: dict[str, Any], error: str | None = None) -> None:
@@ -177,13 +177,7 @@ class Store:
         return {cid: BaseRecord(rid, base or {}) for cid, rid, base in rows}
 
     def set_link(self, s: Session, provider: str, entity: str, cid: int, remote_id: str, base: Mapping[str, Any]) -> None:
-        if self.dry_run:
-            return
-        s.execute(delete(LinkRow).where(LinkRow.provider == provider, LinkRow.entity == entity,
-                                        (LinkRow.canonical_id == cid) | (LinkRow.remote_id == remote_id)))
-        s.add(LinkRow(provider=provider, entity=entity, canonical_id=cid, remote_id=remote_id, base=dict(base),
-                      base_fingerprint=fingerprint(base), synced_at=utcnow()))
-        s.flush()
+        self.set_links(s, provider, entity, [(cid, remote_id, base)])
 
     def set_links(self, s: Session, provider: str, entity: str,
                   links: Sequence[tuple[int, str, Mapping[str, Any]]]) -> None:
@@ -273,20 +267,15 @@ class Store:
         table = RemoteContactRow if contacts else RemoteGroupRow
         s.execute(delete(table).where(table.provider == provider, table.remote_id == remote_id))
 
-    def put_mirror(self, s: Session, provider: str, contact: RemoteContact | None = None, group: RemoteGroup | None = None) -> None:
+    def put_mirror_group(self, s: Session, provider: str, group: RemoteGroup) -> None:
         if self.dry_run:
             return
-        if contact is not None:
-            s.execute(delete(RemoteContactRow).where(RemoteContactRow.provider == provider,
-                                                     RemoteContactRow.remote_id == contact.remote_id))
-            s.execute(insert(RemoteContactRow), [_contact_row(provider, contact)])
-        if group is not None:
-            s.execute(delete(RemoteGroupRow).where(RemoteGroupRow.provider == provider,
-                                                   RemoteGroupRow.remote_id == group.remote_id))
-            s.execute(insert(RemoteGroupRow), [_group_row(provider, group)])
+        s.execute(delete(RemoteGroupRow).where(RemoteGroupRow.provider == provider,
+                                               RemoteGroupRow.remote_id == group.remote_id))
+        s.execute(insert(RemoteGroupRow), [_group_row(provider, group)])
 
     def put_mirror_contacts(self, s: Session, provider: str, contacts: Sequence[RemoteContact]) -> None:
-        """:meth:`put_mirror` for many contacts, in a few statements (the last one per remote id wins)."""
+        """Insert or replace mirror contacts, in a few statements (the last one per remote id wins)."""
         if self.dry_run or not contacts:
             return
         rows = list({c.remote_id: _contact_row(provider, c) for c in contacts}.values())
@@ -314,7 +303,7 @@ class Store:
                                action=e.op.action.value, direction=e.op.direction.value,
                                canonical_id=e.op.canonical_id if (e.op.canonical_id or 0) > 0 else None,
                                remote_id=e.op.remote_id, status=e.status, before=_log_before(e.op),
-                               after=_log_after(e.op), error=e.error, reason=e.op.reason, attempts=e.attempts,
+                               after=e.op.after, error=e.error, reason=e.op.reason, attempts=e.attempts,
                                next_attempt_at=e.next_attempt_at, fingerprint=e.fingerprint)
             s.add(row)
             ids.append(row)
@@ -404,10 +393,6 @@ def _log_before(op: Operation) -> dict[str, Any] | None:
     return op.before
 
 
-def _log_after(op: Operation) -> dict[str, Any] | None:
-    return op.after
-
-
 def _contact_row(provider: str, c: RemoteContact) -> dict[str, Any]:
     fields = dict(c.fields)
     groups = sorted(c.groups)
@@ -419,16 +404,6 @@ def _contact_row(provider: str, c: RemoteContact) -> dict[str, Any]:
 def _group_row(provider: str, g: RemoteGroup) -> dict[str, Any]:
     return {"provider": provider, "remote_id": g.remote_id, "name": g.name, "description": g.description,
             "modified_at": g.modified_at, "fingerprint": fingerprint({"n": g.name, "d": g.description})}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _chunks(rows: list[Any], size: int = CHUNK) -> Iterable[list[Any]]:

@@ -159,7 +159,7 @@ class Pusher:
                     after = op.after or {}
                     links[op.canonical_id] = BaseRecord(remote_id, dict(after))
                     self.store.set_link(s, self.name, "group", op.canonical_id, remote_id, after)
-                    self.store.put_mirror(s, self.name, group=RemoteGroup(remote_id, after.get("name", ""),
+                    self.store.put_mirror_group(s, self.name, RemoteGroup(remote_id, after.get("name", ""),
                                                                           after.get("description", "")))
             self._count(op)
 

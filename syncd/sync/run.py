@@ -75,6 +75,7 @@ class _Account:
     groups: dict[str, RemoteGroup] = field(default_factory=dict)
     contacts: dict[str, RemoteContact] = field(default_factory=dict)
     links: dict[str, dict[int, BaseRecord]] = field(default_factory=dict)
+    ledger: dict[tuple[str, int | None, str | None], Any] = field(default_factory=dict)  # see Store.retry_ledger
     rejected_groups: dict[int, str | None] = field(default_factory=dict)  # group id -> fingerprint refused
 
 
@@ -102,7 +103,8 @@ async def run_once(config: Config, engine: Engine, *, only: Sequence[str] = (), 
         ready = [a for a in accounts if a.report.complete]
         for a in ready:
             a.links = {e: store.load_links(a.settings.name, e) for e in ("group", "contact")}
-            a.rejected_groups = {k[1]: row.fingerprint for k, row in store.retry_ledger(a.settings.name).items()
+            a.ledger = store.retry_ledger(a.settings.name)
+            a.rejected_groups = {k[1]: row.fingerprint for k, row in a.ledger.items()
                                  if k[0] == "group" and k[1] is not None and row.status == "rejected"}
         touched: dict[int, dict[str, str]] = {}
         fences = {a.settings.name: fence_for(a.settings.name) if fence_for else (lambda: None) for a in ready}
@@ -270,7 +272,7 @@ async def _outbound(store: Store, run_id: int, book: Book, a: _Account, config: 
     ops = [op for entity in (Entity.GROUP, Entity.CONTACT) for op in _plan(book, a, entity, config, allow)
            if op.direction is Direction.OUTBOUND and op.action is not Action.UNLINK]
     pusher = Pusher(a.client, store, run_id, a.links, a.contacts, a.report.counts, utcnow(),
-                    batch_size=a.settings.batch_size, ledger=store.retry_ledger(a.settings.name),
+                    batch_size=a.settings.batch_size, ledger=a.ledger,
                     fence=fence, stopping=stopping)
     waiting = {id(op): pusher.waiting_reason(op) for op in ops}
     a.report.plan.extend(replace(op, skip_reason=waiting[id(op)]) if waiting[id(op)] else op for op in ops)
