@@ -136,7 +136,7 @@ class Store:
         if self.dry_run:
             return
         s.execute(update(ContactRow).where(ContactRow.id == contact.id).values(
-            name=contact.name, surname=contact.surname, email=contact.email, extra=dict(contact.extra),
+            phone=contact.phone, name=contact.name, surname=contact.surname, email=contact.email, extra=dict(contact.extra),
             opted_out=contact.opted_out, updated_at=utcnow()))
         if groups_changed:
             s.execute(delete(GroupMemberRow).where(GroupMemberRow.contact_id == contact.id))

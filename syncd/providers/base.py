@@ -71,7 +71,7 @@ class Provider(Protocol):
         """The canonical contact in this provider's field space (no groups, no opt-out)."""
 
     def to_canonical(self, fields: Fields, current: Contact | None) -> dict[str, Any]:
-        """Canonical attribute values (name, surname, email, extra) for remote ``fields``.
+        """Canonical attribute values (phone when ``fields`` hold one, name, surname, email, extra) for remote ``fields``.
 
         ``current`` is the canonical contact being updated, if any, so fields the
         provider cannot hold (and splits it cannot express) are kept from it.

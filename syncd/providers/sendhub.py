@@ -313,9 +313,9 @@ class SendHubProvider:
         return out
 
     def to_canonical(self, fields: Fields, current: Contact | None) -> dict[str, Any]:
-        """Canonical name, surname, email and extra for SendHub ``fields``.
+        """Canonical phone, name, surname, email and extra for SendHub ``fields``.
 
-        Extra keys SendHub cannot hold (reserved names, and empty values) are
+        ``phone`` is there when ``fields`` hold a number (E.164 when it parses). Extra keys SendHub cannot hold (reserved names, and empty values) are
         kept from ``current``, and so is a current value whose text SendHub
         shows unchanged (``True`` stays ``True``, not ``"true"``).
         """
@@ -325,7 +325,10 @@ class SendHubProvider:
             for key, value in current.extra.items():
                 if key in _NOT_EXTRA or not _text(value) or extra.get(key) == _text(value):
                     extra[key] = value
-        return {"name": name, "surname": surname, "email": _text(fields.get("email")), "extra": extra}
+        attrs = {"name": name, "surname": surname, "email": _text(fields.get("email")), "extra": extra}
+        if fields.get("number"):
+            attrs["phone"] = self._phone(fields["number"])
+        return attrs
 
     def parse_contact(self, obj: Any, *, endpoint: str, operation: str = "list contacts") -> RemoteContact:
         """A SendHub contact object as a :class:`RemoteContact`; ProtocolError if it is not one."""

@@ -288,19 +288,22 @@ class SmsendProvider:
         return {key: _text(value) for key, value in values.items() if _text(value)}
 
     def to_canonical(self, fields: Fields, current: Contact | None) -> dict[str, Any]:
-        """Canonical name, surname, email and extra for smsend ``fields``.
+        """Canonical phone (when ``fields`` hold one), name, surname, email and extra for smsend ``fields``.
 
         Extra keys smsend cannot hold are kept from ``current``; those it can
         hold come from ``fields`` (absent means empty, so they are dropped).
         """
         extra = {k: v for k, v in (current.extra if current else {}).items() if k not in _EXTRA_SET}
         extra.update({key: _text(fields[key]) for key in EXTRA_FIELDS if _text(fields.get(key))})
-        return {
+        attrs = {
             "name": _text(fields.get("name")),
             "surname": _text(fields.get("surname")),
             "email": _text(fields.get("email")),
             "extra": extra,
         }
+        if _text(fields.get("phoneNumber")):
+            attrs["phone"] = _text(fields["phoneNumber"])
+        return attrs
 
     # -- authentication -----------------------------------------------------
 

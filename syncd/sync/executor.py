@@ -234,16 +234,30 @@ class Pusher:
         applied, settled = [], []
         with self.store.session() as s, s.begin():
             for op, entry, write, outcome in zip(ops, entries, writes, outcomes, strict=True):
-                if outcome.error is not None:
-                    self._settle_error(s, op, entry, outcome.error)
-                    continue
                 remote_id = outcome.remote_id or op.remote_id
+                error = outcome.error or self._taken(op, remote_id)
+                if error is not None:
+                    self._settle_error(s, op, entry, error)
+                    continue
                 settled.append((entry, remote_id, outcome.note or None))
                 applied.append((op, write, remote_id))
                 self._count(op)
             # a batch's rows in a few statements: one statement per row cost most of a large push
             self.store.settle_applied(s, settled)
             self._record_contacts(s, applied)
+
+    def _taken(self, op: Operation, remote_id: str | None) -> Rejected | None:
+        """A create answered with a remote record another canonical contact is linked to (a number
+        taken over at the provider): linking it would merge two contacts, so it is refused."""
+        if op.action is not Action.CREATE or remote_id is None:
+            return None
+        holder = next((cid for cid, link in self.links["contact"].items()
+                       if link.remote_id == remote_id and cid != op.canonical_id), None)
+        if holder is None:
+            return None
+        return Rejected(f"{self.name} holds {op.key} as contact {remote_id}, which is linked to canonical contact "
+                        f"{holder}; nothing merged (change one of the numbers)", provider=self.name,
+                        operation="create contact", record=op.key)
 
     def _record_contacts(self, s, applied: Sequence[tuple[Operation, ContactWrite, str]]) -> None:
         """Links (bases) and mirror rows for applied contact operations (of one stage: no record twice)."""

@@ -23,6 +23,7 @@ from syncd.sync.reconcile import BaseRecord
 __all__ = ["InboundApplier"]
 
 CHUNK = 1000
+_ATTRIBUTES = ("phone", "name", "surname", "email", "extra")  # what a provider's inbound update may change
 
 
 class InboundApplier:
@@ -121,15 +122,16 @@ class InboundApplier:
             self.store.update_group(s, new)
             self.book.groups[cid] = new
         else:
-            entries = self._update_contact(s, op)
-            if entries:
-                return entries
+            refused = self._update_contact(s, op)
+            if refused is not None:
+                return refused
         if op.remote is not None:
             self._set_link(s, op.entity, cid, op.remote_id, op.remote)
         self._count(op)
         return [LogEntry(op, self.name, "applied")]
 
-    def _update_contact(self, s, op: Operation) -> list[LogEntry]:
+    def _update_contact(self, s, op: Operation) -> list[LogEntry] | None:
+        """Apply an inbound contact update; None when applied, else the change-log rows saying why not."""
         cid = op.canonical_id
         current = self.book.contacts[cid]
         if op.extra.get("opt_out"):
@@ -139,27 +141,65 @@ class InboundApplier:
             groups = frozenset(g for g in (op.after or {}).get("groups", []) if g in self.book.groups)
             # The provider cannot show memberships in groups not linked there: those stay as they are.
             groups |= {g for g in current.groups if g not in self.links["group"]}
-            new = replace(current, name=attrs.get("name", current.name), surname=attrs.get("surname", current.surname),
-                          email=attrs.get("email", current.email), extra=attrs.get("extra", current.extra),
-                          groups=groups)
+            new = replace(current, phone=attrs.get("phone", current.phone), name=attrs.get("name", current.name),
+                          surname=attrs.get("surname", current.surname), email=attrs.get("email", current.email),
+                          extra=attrs.get("extra", current.extra), groups=groups)
         clash = self._cross_provider_clash(current, new)
         if clash:
             return [LogEntry(replace(op, action=Action.CONFLICT), self.name, "skipped",
                              error=f"{', '.join(clash)} already changed by another provider in this run; that change kept")]
-        self.store.update_contact(s, new, groups_changed=new.groups != current.groups)
+        problem = self._number_problem(new.phone, current) if new.phone != current.phone else None
+        if problem is None and not self._write_contact(s, current, new):
+            problem = f"number {new.phone} is held by a canonical row syncd cannot read; nothing merged"
+        if problem is not None:
+            return self._number_conflict(op, problem)
         self.book.contacts[cid] = new
-        return []
+        if new.phone != current.phone and self._by_phone is not None:
+            self._by_phone.pop(current.phone, None)
+            self._by_phone[new.phone] = cid
+        return None
+
+    def _write_contact(self, s, current: Contact, new: Contact) -> bool:
+        """Write an updated contact; False when its new number breaks the database's uniqueness."""
+        if new.phone == current.phone:
+            self.store.update_contact(s, new, groups_changed=new.groups != current.groups)
+            return True
+        try:
+            with s.begin_nested():  # a row the book skipped as invalid may hold the new number
+                self.store.update_contact(s, new, groups_changed=new.groups != current.groups)
+        except IntegrityError:
+            return False
+        return True
+
+    def _number_problem(self, phone: str, current: Contact) -> str | None:
+        """Why a contact's number cannot change to ``phone`` (another canonical contact has it), or None."""
+        if not phone.startswith("+"):
+            return f"number {phone!r} at {self.name} is not a valid number; the book keeps {current.phone}"
+        holder = self._contact_with_phone(phone)
+        if holder is not None and holder != current.id:
+            return (f"number changed at {self.name} to {phone}, which canonical contact {holder} already has; "
+                    "nothing merged (change one of the numbers)")
+        return None
+
+    def _number_conflict(self, op: Operation, problem: str) -> list[LogEntry]:
+        """A number change that would merge two contacts: held and reported once, never applied."""
+        self.counts["conflicts"] = self.counts.get("conflicts", 0) + 1
+        if (op.entity.value, op.canonical_id, op.remote_id) in self.open_conflicts:
+            return []  # already listed
+        held = replace(op, action=Action.CONFLICT, held=True, local=op.before, remote=op.remote,
+                       after=None, extra={"fields": ["number"], "policy": "manual"})
+        return [LogEntry(held, self.name, "planned", error=problem)]
 
     def _cross_provider_clash(self, current: Contact, new: Contact) -> list[str]:
         """Attributes another provider already changed differently in this run (first provider wins)."""
         seen = self.touched.setdefault(current.id, {})
         clash = []
-        for attr in ("name", "surname", "email", "extra"):
+        for attr in _ATTRIBUTES:
             if getattr(new, attr) != getattr(current, attr):
                 if seen.get(attr, self.name) != self.name:
                     clash.append(attr)
         if not clash:
-            for attr in ("name", "surname", "email", "extra"):
+            for attr in _ATTRIBUTES:
                 if getattr(new, attr) != getattr(current, attr):
                     seen[attr] = self.name
         return clash

@@ -54,7 +54,7 @@ def test_to_canonical_keeps_extra_keys_smsend_cannot_hold(provider: SmsendProvid
     current = Contact(id=1, phone="+393401234567", extra={"company": "ACME", "city": "Roma", "zip": "00100"})
     fields = {"phoneNumber": "+393401234567", "name": "Anna", "city": "Milano", "custom1": "vip"}
     assert provider.to_canonical(fields, current) == {
-        "name": "Anna", "surname": "", "email": "",
+        "phone": "+393401234567", "name": "Anna", "surname": "", "email": "",
         "extra": {"company": "ACME", "city": "Milano", "custom1": "vip"},
     }
 
@@ -78,7 +78,7 @@ def test_project_then_to_canonical_round_trips(name, surname, email, smsend_extr
     contact = Contact(id=1, phone="+393401234567", name=name, surname=surname, email=email,
                       extra={**smsend_extra, **foreign_extra})
     back = provider.to_canonical(provider.project(contact), contact)
-    assert (back["name"], back["surname"], back["email"]) == (name, surname, email)
+    assert (back["phone"], back["name"], back["surname"], back["email"]) == (contact.phone, name, surname, email)
     expected_extra = {**foreign_extra, **{k: v for k, v in smsend_extra.items() if v}}
     assert back["extra"] == expected_extra
     # and projecting the result again changes nothing: no ping-pong between runs
