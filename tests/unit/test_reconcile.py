@@ -215,3 +215,35 @@ def test_two_remotes_with_one_key_link_one_and_report_the_other():
     ops = reconcile(C, {}, loc(), remote, P)
     assert kinds(ops) == [(Action.LINK, Direction.INBOUND), (Action.DUPLICATE, Direction.INBOUND)]
     assert ops[1].remote_id == "r2"
+
+
+# -- the number is a field like any other (issue 10) ----------------------------------------
+
+NEW_NUMBER = "+16509999999"
+
+
+def test_number_changed_remotely_only_updates_canonical_with_the_new_key():
+    ops = reconcile(C, linked(), loc(), rem({**BASE_FIELDS, "number": NEW_NUMBER}, key=NEW_NUMBER), P)
+    assert kinds(ops) == [(Action.UPDATE, Direction.INBOUND)]
+    assert ops[0].after["number"] == NEW_NUMBER and ops[0].remote["number"] == NEW_NUMBER
+
+
+def test_number_changed_locally_only_updates_remote_keeping_its_id():
+    ops = reconcile(C, linked(), loc({**BASE_FIELDS, "number": NEW_NUMBER}, key=NEW_NUMBER), rem(), P)
+    assert kinds(ops) == [(Action.UPDATE, Direction.OUTBOUND)]
+    assert (ops[0].remote_id, ops[0].key, ops[0].after["number"]) == ("r1", NEW_NUMBER, NEW_NUMBER)
+
+
+def test_number_changed_on_both_sides_to_different_values_is_a_conflict():
+    ops = reconcile(C, linked(), loc({**BASE_FIELDS, "number": NEW_NUMBER}, key=NEW_NUMBER),
+                    rem({**BASE_FIELDS, "number": "+16508888888"}, key="+16508888888"), P)
+    [conflict] = [op for op in ops if op.action is Action.CONFLICT]
+    assert conflict.extra["fields"] == ["number"]
+    [push] = [op for op in ops if op.direction is Direction.OUTBOUND]
+    assert push.after["number"] == NEW_NUMBER  # local wins by default
+
+
+def test_number_and_name_changed_on_different_sides_merge():
+    merged, conflicts = merge_fields(BASE_FIELDS, {**BASE_FIELDS, "number": NEW_NUMBER},
+                                     {**BASE_FIELDS, "name": "Johnny Doe"}, prefer="local")
+    assert conflicts == [] and merged == {"number": NEW_NUMBER, "name": "Johnny Doe"}
