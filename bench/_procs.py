@@ -6,6 +6,9 @@ serves over HTTP from a background thread and answers commands on a pipe from
 its main thread: that is how the benchmark changes data "at the provider"
 (``SendHubAccount.edit_contact``) without going through the API it measures.
 Request counts are read over the simulator's admin interface (``/_admin/requests``).
+:meth:`SimProcess.call` runs any module-level function of the caller's on the
+simulator's state in the child (``func(state, *args)``), for edits the fixed
+commands do not cover.
 
 :func:`in_fresh_process` runs one function in a new interpreter, so that
 ``ru_maxrss`` (a lifetime peak) belongs to that piece of work alone.
@@ -63,6 +66,7 @@ def _serve(conn: Connection, kind: str, contacts: int, groups: int, seed: int) -
     commands: dict[str, Callable[..., Any]] = {
         "edit_names": lambda n, step, suffix: _edit_names(server.state, n, step, suffix),
         "count": lambda: _count(server.state),
+        "call": lambda func, *args: func(server.state, *args),
     }
     while True:
         name, args = conn.recv()
@@ -124,6 +128,14 @@ class SimProcess:
         if status != "ok":
             raise RuntimeError(f"{self.kind} simulator: {name}: {value}")
         return value
+
+    def call(self, func: Callable[..., Any], *args: Any) -> Any:
+        """``func(state, *args)`` in the simulator's process; its (picklable) result.
+
+        ``func`` must be importable by name (a module-level function, as for
+        :func:`in_fresh_process`); it may change the account "at the provider".
+        """
+        return self.command("call", func, *args)
 
     def _admin(self, method: str) -> httpx.Response:
         response = httpx.request(method, f"{self.info['root_url']}/_admin/requests",
