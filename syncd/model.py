@@ -19,11 +19,12 @@ Nothing here imports httpx, SQLAlchemy or structlog: these are plain values.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeAlias
+
+import orjson
 
 __all__ = [
     "Contact",
@@ -34,6 +35,7 @@ __all__ = [
     "RemoteContact",
     "RemoteGroup",
     "WriteOutcome",
+    "digest",
     "fingerprint",
     "group_key",
 ]
@@ -52,8 +54,12 @@ def group_key(name: str) -> str:
 
 def fingerprint(fields: Fields) -> str:
     """A stable digest of projected fields (key order does not matter)."""
-    blob = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    return digest(orjson.dumps(fields, default=str, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS))
+
+
+def digest(blob: bytes) -> str:
+    """The fingerprint of some bytes: 32 hex digits."""
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +99,9 @@ class RemoteGroup:
     name: str
     description: str = ""
     modified_at: datetime | None = None
+    kept: Mapping[str, Any] = field(default_factory=dict)
+    """Attributes the provider owns and syncd does not sync, resent as they are by a write that
+    replaces the whole record (a SendHub group's keyword and text-to-join settings)."""
 
     @property
     def key(self) -> str:
@@ -114,6 +123,11 @@ class RemoteContact:
     groups: frozenset[str] = frozenset()
     opted_out: bool = False
     modified_at: datetime | None = None
+    kept: Mapping[str, Any] = field(default_factory=dict)
+    """As :attr:`RemoteGroup.kept`: what a replace-style write must resend."""
+    fingerprint: str = ""
+    """The client's digest of the record as the provider sent it ("" when it has none): a
+    pull compares it with the mirror's to skip records that did not change."""
 
 
 @dataclass(frozen=True, slots=True)
