@@ -9,12 +9,26 @@ What the documented API allows, and therefore what this client does:
   write is the add-multiple upsert ``POST /contact`` with
   ``updateExistingContact: true``: keyed by phone number, it can never
   duplicate a contact, so a batch whose response was lost is simply sent again.
-  ``keepExistingGroupsAndCampaigns: false`` makes each contact's ``groupIds``
-  its exact group set, so memberships travel with the contact write. The remote
-  id of a contact is its E.164 number;
+  Memberships travel with the contact write (``groupIds``). The remote id of a
+  contact is its E.164 number;
+* **what an upsert keeps**: ``keepExistingGroupsAndCampaigns: true`` (the
+  default for every write) adds ``groupIds`` to the contact's groups and keeps
+  its email campaign subscriptions (``POST /list/{campaign_id}/contact``) and
+  the groups it joined in smsend's own interface, which syncd cannot see
+  (smsend contacts cannot be listed). A write that takes the contact out of a
+  group (``ContactWrite.replace_groups``, set by the engine) must send
+  ``false``, the only documented way to remove a membership of a contact
+  whose smsend id syncd does not know (``DELETE /group/{gid}/contact/{cid}``
+  needs that id, which only a non-deduplicating single create reveals). That
+  upsert sets the groups to exactly ``groupIds`` and **drops** the contact's
+  campaign subscriptions and the groups syncd does not manage: an unavoidable
+  loss, limited to contacts that leave a group, noted in the outcome. The two
+  kinds of writes go in separate batches;
 * **deletion** upserts the contacts into a temporary group of syncd's own
   (``syncd-delete-…``, keeping their other groups) and deletes that group with
   ``deletecontacts=true``, the documented way to delete contacts;
+* **groups** hold a name and a description, both sent on every ``PUT``
+  (``update_group`` ignores ``kept``: there is nothing else to keep);
 * **opt-outs** go to the blacklist (``POST /contacts/add_to_blacklist``).
 
 Every contact field is sent on each upsert, empty ones as ``""`` (the documented
@@ -66,7 +80,7 @@ from syncd.errors import (
     Unsupported,
     excerpt,
 )
-from syncd.model import Contact, ContactWrite, Fields, RemoteContact, RemoteGroup, WriteOutcome
+from syncd.model import NOTHING_KEPT, Contact, ContactWrite, Fields, RemoteContact, RemoteGroup, WriteOutcome
 from syncd.phones import InvalidPhone, to_e164
 from syncd.providers.base import Capabilities, MembershipOutcome
 from syncd.providers.http import (
@@ -192,6 +206,7 @@ class _Item:
     body: dict[str, Any]
     groups: tuple[str, ...]
     opted_out: bool = False
+    replace_groups: bool = False
 
 
 def _message_of(response: httpx.Response) -> str:
@@ -460,8 +475,11 @@ class SmsendProvider:
                                 status=response.status_code)
         return group_id
 
-    async def update_group(self, remote_id: str, name: str, description: str) -> None:
-        """``PUT /group/{id}`` with the new name and description."""
+    async def update_group(self, remote_id: str, name: str, description: str,
+                           kept: Mapping[str, Any] = NOTHING_KEPT) -> None:
+        """``PUT /group/{id}`` with the new name and description: everything an smsend group has
+        (``kept`` is accepted and ignored; smsend groups hold nothing else).
+        """
         await self._call("PUT", f"/group/{quote(remote_id, safe='')}", operation="update group", record=remote_id,
                          json_body={"name": name, "description": description})
 
@@ -497,7 +515,13 @@ class SmsendProvider:
         return await self._write_contacts(writes, operation="create contact")
 
     async def update_contacts(self, writes: Sequence[ContactWrite]) -> list[WriteOutcome]:
-        """Upsert ``writes`` by number, each with exactly its ``groups``; blacklist the opted-out.
+        """Upsert ``writes`` by number; blacklist the opted-out.
+
+        A write is added to its ``groups`` and keeps the groups and campaigns
+        it has at smsend (``keepExistingGroupsAndCampaigns: true``), unless it
+        says ``replace_groups``: then its groups become exactly ``groups``, and
+        its campaign subscriptions go (the one documented way out of a group;
+        see the module docstring). The two kinds go in separate batches.
 
         Invalid contacts are rejected before sending (one bad contact would sink
         its whole all-or-nothing batch); a batch smsend still refuses is split
@@ -513,7 +537,11 @@ class SmsendProvider:
                 items.append(self._item(index, write, operation))
             except Rejected as error:
                 outcomes[index] = WriteOutcome(write.ref, error=error)
-        await self._upsert_all(items, outcomes, keep_groups=False, operation=operation, note="upserted by number")
+        adding = [item for item in items if not item.replace_groups]
+        replacing = [item for item in items if item.replace_groups]
+        await self._upsert_all(adding, outcomes, keep_groups=True, operation=operation, note="upserted by number")
+        await self._upsert_all(replacing, outcomes, keep_groups=False, operation=operation,
+                               note="upserted by number, groups replaced (campaign subscriptions dropped)")
         await self._blacklist_all([i for i in items if i.opted_out and outcomes[i.index].ok], outcomes)
         return _in_order(outcomes, len(writes))
 
@@ -540,7 +568,7 @@ class SmsendProvider:
         if problems:
             reason = "; ".join(f"{field}: {problem}" for field, problem in problems)
             raise Rejected(reason, field=problems[0][0], provider=self.name, operation=operation, record=phone)
-        return _Item(index, write.ref, phone, body, tuple(sorted(write.groups)), write.opted_out)
+        return _Item(index, write.ref, phone, body, tuple(sorted(write.groups)), write.opted_out, write.replace_groups)
 
     async def _upsert_all(self, items: Sequence[_Item], outcomes: dict[int, WriteOutcome], *,
                           keep_groups: bool, operation: str, note: str) -> None:

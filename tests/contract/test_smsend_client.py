@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 from collections.abc import AsyncIterator, Iterator
@@ -382,7 +383,7 @@ async def test_a_contact_that_existed_before_is_updated_not_duplicated(sim: Simu
     assert contact.id == existing.id
     assert contact.fields["name"] == "New"
     assert contact.fields["email"] == "" and contact.fields["zip"] == ""  # fields syncd left empty are cleared
-    assert list(contact.groups) == [new_group]  # groups set exactly
+    assert list(contact.groups) == [old_group, new_group]  # its group at smsend stays (syncd cannot see it)
 
 
 async def test_an_invalid_contact_is_rejected_and_the_rest_written(sim: SimulatorServer) -> None:
@@ -523,3 +524,84 @@ async def test_what_smsend_cannot_do_is_unsupported(sim: SimulatorServer) -> Non
             await provider.change_members("g", ["+393400001000"], [])
         assert await provider.find_contact(PHONES[0]) is None
     assert sim.request_counts() == {}
+
+
+# --- what a write keeps (issue 10) ----------------------------------------------
+
+
+class BodyRecorder(httpx.AsyncHTTPTransport):
+    """Real HTTP, keeping each request's method, path and JSON body."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[tuple[str, str, object]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else None
+        self.sent.append((request.method, request.url.path.removeprefix("/API/v1.0/REST"), body))
+        return await super().handle_async_request(request)
+
+
+async def test_a_group_put_sends_name_and_description_and_keeps_the_members(sim: SimulatorServer) -> None:
+    recorder = BodyRecorder()
+    async with client(sim, transport=recorder) as provider:
+        group_id = await provider.create_group("Clienti", "all of them")
+        await provider.create_contacts(writes(2, groups=frozenset({group_id})))
+        outsider = sim.state.load_contact({"phoneNumber": "+393409999999", "name": "Made in smsend"})
+        sim.state.add_member(group_id, outsider.id)  # a membership syncd never sees
+        await provider.update_group(group_id, "Clienti VIP", "the best", kept={"slug": "ignored"})
+    group = sim.state.groups[group_id]
+    assert (group.name, group.description) == ("Clienti VIP", "the best")
+    assert len(group.members) == 3
+    [put] = [body for method, path, body in recorder.sent if method == "PUT"]
+    assert put == {"name": "Clienti VIP", "description": "the best"}, "everything an smsend group holds, nothing else"
+
+
+def _subscribed_contact(sim: SimulatorServer, phone: str) -> tuple[str, str, str]:
+    """A contact that signed up to a campaign and was put in a group in smsend's own interface:
+    ``(contact id, campaign id, that group's id)``."""
+    campaign = sim.state.create_campaign("Newsletter")
+    unseen = sim.state.create_group("Made in smsend", "").id
+    contact = sim.state.register_to_campaign(campaign.id, {"phoneNumber": phone, "email": "anna@example.com"})
+    sim.state.add_member(unseen, contact.id)
+    return contact.id, campaign.id, unseen
+
+
+async def test_an_upsert_keeps_campaign_subscriptions_and_memberships_syncd_cannot_see(sim: SimulatorServer) -> None:
+    contact_id, campaign, unseen = _subscribed_contact(sim, PHONES[0])
+    async with client(sim) as provider:
+        synced = await provider.create_group("Clienti", "")
+        [outcome] = await provider.update_contacts([ContactWrite(ref=1, phone=PHONES[0], groups=frozenset({synced}),
+                                                                 fields={"name": "Anna", "email": "anna@example.com"})])
+    assert outcome.ok and outcome.remote_id == PHONES[0]
+    contact = sim.state.contacts[contact_id]
+    assert contact.fields["name"] == "Anna" and len(sim.state.contacts) == 1
+    assert list(contact.campaigns) == [campaign]
+    assert set(contact.groups) == {unseen, synced}
+
+
+async def test_a_write_that_leaves_a_group_replaces_the_groups_and_says_what_it_cost(sim: SimulatorServer) -> None:
+    contact_id, _, unseen = _subscribed_contact(sim, PHONES[0])
+    async with client(sim) as provider:
+        stay, leave = [await provider.create_group(name, "") for name in ("Stay", "Leave")]
+        await provider.create_contacts([ContactWrite(ref=1, phone=PHONES[0], fields={}, groups=frozenset({stay, leave}))])
+        assert set(sim.state.contacts[contact_id].groups) == {unseen, stay, leave}
+        [outcome] = await provider.update_contacts([ContactWrite(ref=1, phone=PHONES[0], fields={},
+                                                                 groups=frozenset({stay}), replace_groups=True)])
+    assert outcome.ok and "groups replaced" in outcome.note and "campaign" in outcome.note
+    contact = sim.state.contacts[contact_id]
+    assert list(contact.groups) == [stay] and contact.campaigns == {}  # the documented, unavoidable loss
+
+
+async def test_writes_that_replace_groups_go_in_batches_of_their_own(sim: SimulatorServer) -> None:
+    recorder = BodyRecorder()
+    batch = writes(5)
+    batch[1] = ContactWrite(ref=1, phone=PHONES[1], fields={"name": "Leaves"}, replace_groups=True)
+    batch[3] = ContactWrite(ref=3, phone=PHONES[3], fields={"name": "Leaves too"}, replace_groups=True)
+    async with client(sim, transport=recorder) as provider:
+        outcomes = await provider.update_contacts(batch)
+    assert all(o.ok for o in outcomes) and [o.remote_id for o in outcomes] == PHONES[:5]
+    upserts = [body for method, path, body in recorder.sent if (method, path) == ("POST", "/contact")]
+    assert sorted((b["keepExistingGroupsAndCampaigns"], [c["phoneNumber"] for c in b["contacts"]]) for b in upserts) == [
+        (False, [PHONES[1], PHONES[3]]), (True, [PHONES[0], PHONES[2], PHONES[4]])]
+    assert all(b["updateExistingContact"] is True for b in upserts)
