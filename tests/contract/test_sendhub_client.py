@@ -11,7 +11,7 @@ import httpx
 import pytest
 import structlog
 
-from syncd.errors import AuthError, NotFound, ProtocolError, Rejected, TransientError
+from syncd.errors import AuthError, NotFound, ProtocolError, Rejected, TransientError, Unsupported
 from syncd.model import ContactWrite
 from syncd.providers import build_provider
 from syncd.providers.base import Provider
@@ -295,3 +295,11 @@ async def test_blocked_is_never_sent_and_every_path_has_its_trailing_slash(simul
     assert all("blocked" not in _keys(body) for _, _, body in recorder.sent), recorder.sent
     assert all(path.endswith("/") for _, path, _ in recorder.sent), [p for _, p, _ in recorder.sent]
     assert server.state.find("+14152000009").blocked is True and server.state.find("+14152000009").screened is True
+
+
+async def test_sendhub_lists_no_opt_outs_of_their_own(env):
+    provider, server = env
+    assert provider.capabilities.list_opt_outs is False
+    with pytest.raises(Unsupported, match="come with the contacts as 'blocked'"):
+        provider.opt_outs()
+    assert server.request_counts() == {}
