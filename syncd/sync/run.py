@@ -273,7 +273,7 @@ async def _outbound(store: Store, run_id: int, book: Book, a: _Account, config: 
            if op.direction is Direction.OUTBOUND and op.action is not Action.UNLINK]
     pusher = Pusher(a.client, store, run_id, a.links, a.contacts, a.report.counts, utcnow(),
                     batch_size=a.settings.batch_size, ledger=a.ledger,
-                    fence=fence, stopping=stopping)
+                    fence=fence, stopping=stopping, mirror_groups=a.groups)
     waiting = {id(op): pusher.waiting_reason(op) for op in ops}
     a.report.plan.extend(replace(op, skip_reason=waiting[id(op)]) if waiting[id(op)] else op for op in ops)
     if store.dry_run:
