@@ -22,16 +22,19 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, TypeAlias
 
 import orjson
 
 __all__ = [
+    "NOTHING_KEPT",
     "Contact",
     "ContactWrite",
     "FieldValue",
     "Fields",
     "Group",
+    "OptOut",
     "RemoteContact",
     "RemoteGroup",
     "WriteOutcome",
@@ -45,6 +48,9 @@ FieldValue: TypeAlias = str | bool | int | list[Any] | None
 
 Fields: TypeAlias = Mapping[str, Any]
 """Projected field values of one record, in one provider's field space."""
+
+NOTHING_KEPT: Mapping[str, Any] = MappingProxyType({})
+"""The empty ``kept`` mapping: an immutable default for signatures and records."""
 
 
 def group_key(name: str) -> str:
@@ -99,9 +105,11 @@ class RemoteGroup:
     name: str
     description: str = ""
     modified_at: datetime | None = None
-    kept: Mapping[str, Any] = field(default_factory=dict)
-    """Attributes the provider owns and syncd does not sync, resent as they are by a write that
-    replaces the whole record (a SendHub group's keyword and text-to-join settings)."""
+    kept: Mapping[str, Any] = field(default_factory=lambda: NOTHING_KEPT, compare=False)
+    """Provider-owned attributes syncd does not sync but must send back on a
+    replace-style write (SendHub's ``slug``, ``text_to_subscribe``, ``ttjResponse``),
+    as last pulled: JSON values, stored in the mirror and handed back to
+    ``Provider.update_group``. Not part of equality (it is not synced data)."""
 
     @property
     def key(self) -> str:
@@ -123,8 +131,10 @@ class RemoteContact:
     groups: frozenset[str] = frozenset()
     opted_out: bool = False
     modified_at: datetime | None = None
-    kept: Mapping[str, Any] = field(default_factory=dict)
-    """As :attr:`RemoteGroup.kept`: what a replace-style write must resend."""
+    kept: Mapping[str, Any] = field(default_factory=lambda: NOTHING_KEPT, compare=False)
+    """Provider-owned attributes a replace-style write would reset (SendHub's
+    ``screened`` and ``keyword``), as last pulled; the engine passes them back
+    as ``ContactWrite.kept``. Not part of equality (it is not synced data)."""
     fingerprint: str = ""
     """The client's digest of the record as the provider sent it ("" when it has none): a
     pull compares it with the mirror's to skip records that did not change."""
@@ -147,6 +157,27 @@ class ContactWrite:
     groups: frozenset[str] = frozenset()
     remote_id: str | None = None
     opted_out: bool = False
+    kept: Mapping[str, Any] = field(default_factory=lambda: NOTHING_KEPT)
+    """``RemoteContact.kept`` of the contact being updated, as last pulled: sent
+    back so that a replace-style write (SendHub's PUT) keeps them."""
+    replace_groups: bool = False
+    """The write takes the contact out of a group. Providers that can only add
+    memberships without replacing the whole set (smsend's upsert) replace it then,
+    at a cost their module docstring states; otherwise ``groups`` is only added."""
+
+
+@dataclass(frozen=True, slots=True)
+class OptOut:
+    """One opt-out a provider lists on its own (smsend's SMS blacklist).
+
+    ``phone`` is E.164 when the provider's value parses, else the raw value;
+    ``origin`` is the provider's word for how it got there (smsend: ``API``,
+    ``WEB``, ``STOPSMS``); ``at`` is when it was recorded (aware, UTC), if said.
+    """
+
+    phone: str
+    origin: str
+    at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

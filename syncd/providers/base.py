@@ -8,11 +8,12 @@ others. Errors are :mod:`syncd.errors` ``ProviderError`` subclasses only.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from syncd.model import Contact, ContactWrite, Fields, RemoteContact, RemoteGroup, WriteOutcome
+from syncd.model import NOTHING_KEPT, Contact, ContactWrite, Fields, OptOut, RemoteContact, RemoteGroup, WriteOutcome
 
 __all__ = ["Capabilities", "MembershipOutcome", "Provider"]
 
@@ -38,6 +39,10 @@ class Capabilities:
         The provider field names ``project`` may produce.
     ``group_fields``
         The canonical group attributes the provider stores (SendHub groups have no description).
+    ``list_opt_outs``
+        The provider lists opt-outs on their own (:meth:`Provider.opt_outs`: smsend's
+        SMS blacklist). When False (SendHub) opt-outs arrive with the contacts
+        (``RemoteContact.opted_out``) and ``opt_outs`` raises ``Unsupported``.
     """
 
     list_contacts: bool
@@ -48,6 +53,7 @@ class Capabilities:
     opt_out_outbound: bool
     contact_fields: frozenset[str]
     group_fields: frozenset[str] = frozenset({"name", "description"})
+    list_opt_outs: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +93,21 @@ class Provider(Protocol):
     async def find_contact(self, phone: str) -> RemoteContact | None:
         """The contact with this E.164 number, if the provider can look it up."""
 
+    def opt_outs(self, since: datetime | None = None) -> AsyncIterator[list[OptOut]]:
+        """Opt-outs recorded at the provider (at or after ``since``), one list per page.
+
+        Only where ``capabilities.list_opt_outs``; ``Unsupported`` otherwise. An
+        answer the client cannot read is a ``ProtocolError``, never an empty list.
+        """
+
     # -- writes -----------------------------------------------------------
     async def create_group(self, name: str, description: str) -> str:
         """Create a group; answer its remote id."""
 
-    async def update_group(self, remote_id: str, name: str, description: str) -> None: ...
+    async def update_group(
+        self, remote_id: str, name: str, description: str, kept: Mapping[str, Any] = NOTHING_KEPT
+    ) -> None:
+        """Rename a group; ``kept`` is its ``RemoteGroup.kept`` as last pulled, sent back where a write replaces."""
 
     async def delete_group(self, remote_id: str) -> None: ...
 

@@ -16,7 +16,11 @@ Mapping (canonical ↔ SendHub)::
     extra[k]               k                       custom fields, values as text; reserved
                                                    SendHub keys (:data:`RESERVED`) never travel
     groups                 groups                  ids sent; resource URIs read back
-    opted_out              blocked                 read only (the person texted STOP)
+    opted_out              blocked                 read only (the person texted STOP); never sent
+    -                      screened, keyword       SendHub's own (RemoteContact.kept): resent on PUT
+    group name             group name
+    -                      slug, text_to_subscribe SendHub's own (RemoteGroup.kept): resent on a
+                           ttjResponse             group PUT (the text-to-join keyword and reply)
 
 Empty values are omitted on both sides (absent == empty), so a field emptied
 on one side and missing on the other is never a change.
@@ -37,7 +41,17 @@ Behaviour worth knowing:
   at SendHub, so the re-send answers "Duplicate group name." and the existing
   group is looked up by name.
 * ``PUT`` replaces the whole contact: every projected field and every group
-  the contact keeps are sent.
+  the contact keeps are sent, and so are ``screened`` and ``keyword``
+  (``ContactWrite.kept``, as last pulled), which a PUT would otherwise reset.
+  A group ``PUT`` is a replace too: a rename sends the group's ``slug``,
+  ``text_to_subscribe`` and ``ttjResponse`` as last pulled (``kept``), or
+  SendHub resets its text-to-join keyword. ``blocked`` is never sent.
+* records flagged ``deleted: true`` are absent: listings skip them (they still
+  count towards ``total_count``), so neither a pull nor a lookup sees them.
+* a 409 whose body says "try again" is a busy server, retried like a 429
+  (:class:`~syncd.errors.TransientError`); any other 409 is Rejected.
+* opt-outs come with the contacts (``blocked``); :meth:`SendHubProvider.opt_outs`
+  is Unsupported (``capabilities.list_opt_outs`` is False).
 * after a 420 (monthly quota spent) this client sends no further write.
 
 The module is longer than most on purpose: one module per provider (style §5)
@@ -50,7 +64,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -67,14 +81,34 @@ from syncd.errors import (
     RateLimited,
     Rejected,
     TransientError,
+    Unsupported,
     excerpt,
 )
-from syncd.model import Contact, ContactWrite, Fields, RemoteContact, RemoteGroup, WriteOutcome, group_key
+from syncd.model import (
+    NOTHING_KEPT,
+    Contact,
+    ContactWrite,
+    Fields,
+    OptOut,
+    RemoteContact,
+    RemoteGroup,
+    WriteOutcome,
+    group_key,
+)
 from syncd.phones import InvalidPhone, to_e164
 from syncd.providers.base import Capabilities, MembershipOutcome
 from syncd.providers.http import HttpSession, RequestStats, RetryPolicy, parse_json, redact_credentials
 
-__all__ = ["PAGE_LIMIT", "RESERVED", "SendHubProvider", "full_name", "sendhub_error", "split_name"]
+__all__ = [
+    "CONTACT_KEPT",
+    "GROUP_KEPT",
+    "PAGE_LIMIT",
+    "RESERVED",
+    "SendHubProvider",
+    "full_name",
+    "sendhub_error",
+    "split_name",
+]
 
 #: The largest ``limit`` SendHub's list endpoints accept.
 PAGE_LIMIT = 1000
@@ -88,6 +122,12 @@ RESERVED = frozenset({
 # ``email`` is a custom field of its own, so an ``extra["email"]`` cannot travel either.
 _NOT_EXTRA = RESERVED | {"email"}
 
+#: SendHub-owned group attributes a ``PUT /groups/{id}/`` resets unless sent, with the JSON type each must have.
+GROUP_KEPT: Mapping[str, type] = {"slug": str, "text_to_subscribe": bool, "ttjResponse": str}
+#: SendHub-owned contact attributes a ``PUT /contacts/{id}/`` resets unless sent (SH-NEW's request schema).
+#: ``blocked`` is not one: it is read-only, the person's own opt-out, and never sent.
+CONTACT_KEPT: Mapping[str, type] = {"screened": bool, "keyword": str}
+
 _DUPLICATE_NUMBER = "already in your contacts"
 _DUPLICATE_GROUP = "duplicate group name"
 _ALREADY_IN = re.compile(r"^\s*(\S+) is the id of a contact who is already in this group")
@@ -98,6 +138,8 @@ _GROUP_URI = re.compile(r"/groups/([0-9]{1,40})/?$")
 # How SendHub stores and echoes every number: +1 and 10 digits, the area code not starting with 0 or 1.
 _STORED_NUMBER = re.compile(r"\+1[2-9][0-9]{9}")
 _TIME_LEFT = re.compile(r"^\s*(\d+):([0-5]\d):([0-5]\d)\s*$")
+# SendHub's own bindings retry a 409 that says so (providers.md 2.0): it is a busy server, not a conflict.
+_TRY_AGAIN = "try again"
 # Keys of SendHub's generic error bodies; any other key of a 400 body names a field.
 _ERROR_KEYS = frozenset({"message", "error", "status", "code", "devMessage", "moreInfo", "timeLeft"})
 
@@ -175,6 +217,20 @@ def _has_more(meta: dict[str, Any], objects: list[Any]) -> bool:
     return meta.get("next") is not None and len(objects) >= page_size
 
 
+def _kept(obj: Mapping[str, Any], wanted: Mapping[str, type]) -> dict[str, Any]:
+    """The ``wanted`` attributes of a SendHub object that have their documented type.
+
+    They are sent back verbatim on a replace; a value of another type could not
+    be (SendHub would refuse it), so it is left for SendHub's default instead.
+    """
+    kept = {}
+    for key, kind in wanted.items():
+        value = obj.get(key)
+        if isinstance(value, kind) and (kind is not str or value):
+            kept[key] = value
+    return kept
+
+
 def _consume_outcome(task: asyncio.Task[Any]) -> None:
     """Read a prefetch's result, so one abandoned with an error is not reported as never retrieved."""
     if not task.cancelled():
@@ -240,6 +296,8 @@ def sendhub_error(response: httpx.Response, *, provider: str, operation: str, re
         return RateLimited(reason, retry_after=wait if wait is not None else _retry_after(response), **kw)
     if status == 420:
         return QuotaExhausted(reason, **kw)
+    if status == 409 and _TRY_AGAIN in reason.lower():
+        return TransientError(reason, **kw)
     if status in (400, 409, 422):
         return Rejected(reason, field=field, **kw)
     if status in (401, 403):
@@ -353,17 +411,22 @@ class SendHubProvider:
             groups=self._group_ids(obj.get("groups"), remote_id, endpoint, operation),
             opted_out=obj.get("blocked") is True,
             modified_at=_timestamp(obj.get("date_modified")),
+            kept=_kept(obj, CONTACT_KEPT),
         )
 
     def parse_group(self, obj: Any, *, endpoint: str, operation: str = "list groups") -> RemoteGroup:
-        """A SendHub group object as a :class:`RemoteGroup` (SendHub groups have no description)."""
+        """A SendHub group object as a :class:`RemoteGroup` (SendHub groups have no description).
+
+        ``kept`` holds its text-to-join settings (:data:`GROUP_KEPT`), which a rename must resend.
+        """
         if not isinstance(obj, dict):
             raise self._protocol(f"{endpoint}: a group is not a JSON object", operation)
         remote_id = self._id_of(obj, "group", endpoint, operation)
         name = obj.get("name")
         if not isinstance(name, str):
             raise self._protocol(f"{endpoint}: group {remote_id} has no name", operation)
-        return RemoteGroup(remote_id=remote_id, name=name, modified_at=_timestamp(obj.get("date_modified")))
+        return RemoteGroup(remote_id=remote_id, name=name, modified_at=_timestamp(obj.get("date_modified")),
+                           kept=_kept(obj, GROUP_KEPT))
 
     def _phone(self, number: str | int) -> str:
         if isinstance(number, str) and _STORED_NUMBER.fullmatch(number):
@@ -515,19 +578,40 @@ class SendHubProvider:
         task.add_done_callback(_consume_outcome)
         return task
 
-    @staticmethod
     def _fresh(
-        objects: list[Any], parse: Callable[..., Any], seen: set[int | str], endpoint: str, operation: str
+        self, objects: list[Any], parse: Callable[..., Any], seen: set[int | str], endpoint: str, operation: str
     ) -> list[Any]:
-        """The parsed objects whose ids this listing has not yielded yet."""
+        """The parsed objects whose ids this listing has not yielded yet, the ``deleted`` ones left out.
+
+        A deleted record still counts as listed (``seen``), so that the
+        ``total_count`` check, which counts it too, holds.
+        """
         fresh = []
         for obj in objects:
+            if self._is_deleted(obj, endpoint, operation):
+                seen.add(_compact(self._id_of(obj, "record", endpoint, operation)))
+                continue
             item = parse(obj, endpoint=endpoint, operation=operation)
             key = _compact(item.remote_id)
             if key not in seen:
                 seen.add(key)
                 fresh.append(item)
         return fresh
+
+    def _is_deleted(self, obj: Any, endpoint: str, operation: str) -> bool:
+        """SH-NEW's read-only ``deleted`` flag: true means the record is gone (providers.md 2.0).
+
+        Anything but a boolean (or null, or no flag) is a ProtocolError: read as
+        "present" it could resurrect a deleted record, read as "absent" it would
+        delete a live one everywhere.
+        """
+        if not isinstance(obj, dict):
+            return False  # the parser names the problem
+        flag = obj.get("deleted")
+        if flag is None or isinstance(flag, bool):
+            return flag is True
+        raise self._protocol(f"{endpoint}: a record's 'deleted' is not a boolean (got {excerpt(repr(flag), 40)})",
+                             operation)
 
     def _check_totals(self, totals: list[int], seen: int, endpoint: str, operation: str, *, final: bool) -> None:
         if totals[-1] != totals[0]:
@@ -556,6 +640,11 @@ class SendHubProvider:
             # Checked here too: a server ignoring the filter must not link a stranger.
             found.extend(contact for contact in page if contact.phone == number)
         return min(found, key=lambda c: (len(c.remote_id), c.remote_id), default=None)
+
+    def opt_outs(self, since: datetime | None = None) -> AsyncIterator[list[OptOut]]:
+        """Always Unsupported: SendHub reports opt-outs with each contact (``blocked``, read by :meth:`contacts`)."""
+        raise Unsupported("SendHub lists no opt-outs of their own; they come with the contacts as 'blocked'",
+                          provider=self.name, operation="list opt-outs")
 
     async def _group_named(self, name: str) -> str | None:
         exact, similar = None, None
@@ -586,9 +675,13 @@ class SendHubProvider:
         created = self._json(response, "create group", name)
         return self.parse_group(created, endpoint=_endpoint(response), operation="create group").remote_id
 
-    async def update_group(self, remote_id: str, name: str, description: str) -> None:
-        """Rename a group (PUT replaces it: id and name)."""
-        body = {"id": _wire_id(remote_id), "name": name}
+    async def update_group(
+        self, remote_id: str, name: str, description: str, kept: Mapping[str, Any] = NOTHING_KEPT
+    ) -> None:
+        """Rename a group. PUT replaces it, so its text-to-join settings as last pulled travel with the
+        new name (``kept``: :data:`GROUP_KEPT` keys only); any left out go back to SendHub's defaults.
+        """
+        body = {**_kept(kept, GROUP_KEPT), "id": _wire_id(remote_id), "name": name}
         await self._call("PUT", f"/groups/{remote_id}/", operation="update group", record=remote_id, write=True, body=body)
 
     async def delete_group(self, remote_id: str) -> None:
@@ -625,7 +718,8 @@ class SendHubProvider:
         return list(await asyncio.gather(*(guarded(write) for write in writes)))
 
     def _contact_body(self, write: ContactWrite) -> dict[str, Any]:
-        body = dict(write.fields)
+        """Fields, number and groups; SendHub's own keys (``blocked`` above all) never travel as fields."""
+        body = {key: value for key, value in write.fields.items() if key not in RESERVED or key in ("name", "number")}
         body.setdefault("number", write.phone)
         body["groups"] = [_wire_id(g) for g in sorted(write.groups)]
         return body
@@ -649,7 +743,8 @@ class SendHubProvider:
 
     async def _update_one(self, write: ContactWrite) -> WriteOutcome:
         remote_id = self._require_id(write)
-        body = {"id": _wire_id(remote_id), **self._contact_body(write)}
+        # A replace: what SendHub owns (screened, keyword) goes back as last pulled, or is reset.
+        body = {"id": _wire_id(remote_id), **self._contact_body(write), **_kept(write.kept, CONTACT_KEPT)}
         # 202 (SEED-002) and 200 (SH-NEW) both mean done; PUT is idempotent, so a lost answer is re-sent.
         await self._call("PUT", f"/contacts/{remote_id}/", operation="update contact",
                          record=f"{remote_id} ({write.phone})", write=True, body=body)

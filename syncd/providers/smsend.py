@@ -9,13 +9,32 @@ What the documented API allows, and therefore what this client does:
   write is the add-multiple upsert ``POST /contact`` with
   ``updateExistingContact: true``: keyed by phone number, it can never
   duplicate a contact, so a batch whose response was lost is simply sent again.
-  ``keepExistingGroupsAndCampaigns: false`` makes each contact's ``groupIds``
-  its exact group set, so memberships travel with the contact write. The remote
-  id of a contact is its E.164 number;
+  Memberships travel with the contact write (``groupIds``). The remote id of a
+  contact is its E.164 number;
+* **what an upsert keeps**: ``keepExistingGroupsAndCampaigns: true`` (the
+  default for every write) adds ``groupIds`` to the contact's groups and keeps
+  its email campaign subscriptions (``POST /list/{campaign_id}/contact``) and
+  the groups it joined in smsend's own interface, which syncd cannot see
+  (smsend contacts cannot be listed). A write that takes the contact out of a
+  group (``ContactWrite.replace_groups``, set by the engine) must send
+  ``false``, the only documented way to remove a membership of a contact
+  whose smsend id syncd does not know (``DELETE /group/{gid}/contact/{cid}``
+  needs that id, which only a non-deduplicating single create reveals). That
+  upsert sets the groups to exactly ``groupIds`` and **drops** the contact's
+  campaign subscriptions and the groups syncd does not manage: an unavoidable
+  loss, limited to contacts that leave a group, noted in the outcome. The two
+  kinds of writes go in separate batches;
 * **deletion** upserts the contacts into a temporary group of syncd's own
   (``syncd-delete-…``, keeping their other groups) and deletes that group with
   ``deletecontacts=true``, the documented way to delete contacts;
-* **opt-outs** go to the blacklist (``POST /contacts/add_to_blacklist``).
+* **groups** hold a name and a description, both sent on every ``PUT``
+  (``update_group`` ignores ``kept``: there is nothing else to keep);
+* **opt-outs** go to the blacklist (``POST /contacts/add_to_blacklist``) and
+  are read back from it (:meth:`SmsendProvider.opt_outs`, ``GET /blacklist/sms``:
+  STOP replies and web-interface entries start there). Its answer's shape is
+  assumed (providers.md 1.2.5) and checked strictly: anything else is a
+  ProtocolError, never "nobody opted out". ``from`` is sent in UTC with
+  ``timezone=UTC`` and ``insertDate`` read as UTC.
 
 Every contact field is sent on each upsert, empty ones as ``""`` (the documented
 default), because the upsert overwrites only the fields present: leaving a
@@ -47,8 +66,8 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 from urllib.parse import quote, unquote, urlsplit
 
 import httpx
@@ -66,7 +85,7 @@ from syncd.errors import (
     Unsupported,
     excerpt,
 )
-from syncd.model import Contact, ContactWrite, Fields, RemoteContact, RemoteGroup, WriteOutcome
+from syncd.model import NOTHING_KEPT, Contact, ContactWrite, Fields, OptOut, RemoteContact, RemoteGroup, WriteOutcome
 from syncd.phones import InvalidPhone, to_e164
 from syncd.providers.base import Capabilities, MembershipOutcome
 from syncd.providers.http import (
@@ -106,6 +125,7 @@ CAPABILITIES = Capabilities(
     member_changes=False,
     opt_out_outbound=True,
     contact_fields=frozenset(CONTACT_FIELDS),
+    list_opt_outs=True,
 )
 
 #: Groups syncd creates to delete contacts through; hidden from ``groups()``.
@@ -114,6 +134,12 @@ TEMP_GROUP_PREFIX = "syncd-delete-"
 GROUPS_PAGE_SIZE = 100
 #: The simulator's (assumed) upsert limit; ``batch_size`` is capped here.
 MAX_BATCH = 1000
+#: Blacklist entries per list request (no maximum is documented; the default is unknown).
+BLACKLIST_PAGE_SIZE = 100
+#: ``from``/``to`` and ``insertDate`` of the blacklist API: ``yyyy-MM-dd HH:mm:ss``, read in ``timezone``.
+_BLACKLIST_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+_BLACKLIST_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+_BLACKLIST_ENDPOINT = "GET /blacklist/sms"
 
 _MAX_LENGTH = {"name": 40, "surname": 40, "fax": 32, "city": 32, "province": 32, "address": 256, "zip": 16}
 _DATE_FIELDS = ("birthdate", "promotiondate", "rememberdate")
@@ -192,6 +218,15 @@ class _Item:
     body: dict[str, Any]
     groups: tuple[str, ...]
     opted_out: bool = False
+    replace_groups: bool = False
+
+
+class _BlacklistPage(NamedTuple):
+    """One page of ``GET /blacklist/sms``: its entries, and the ``pageSize`` and ``Total`` it states."""
+
+    entries: list[OptOut]
+    size: int
+    total: int
 
 
 def _message_of(response: httpx.Response) -> str:
@@ -463,8 +498,11 @@ class SmsendProvider:
                                 status=response.status_code)
         return group_id
 
-    async def update_group(self, remote_id: str, name: str, description: str) -> None:
-        """``PUT /group/{id}`` with the new name and description."""
+    async def update_group(self, remote_id: str, name: str, description: str,
+                           kept: Mapping[str, Any] = NOTHING_KEPT) -> None:
+        """``PUT /group/{id}`` with the new name and description: everything an smsend group has
+        (``kept`` is accepted and ignored; smsend groups hold nothing else).
+        """
         await self._call("PUT", f"/group/{quote(remote_id, safe='')}", operation="update group", record=remote_id,
                          json_body={"name": name, "description": description})
 
@@ -488,6 +526,120 @@ class SmsendProvider:
         """None: smsend has no lookup by number, and its upsert makes one unnecessary."""
         return None
 
+    # -- opt-outs: the SMS blacklist ----------------------------------------
+
+    async def opt_outs(self, since: datetime | None = None) -> AsyncIterator[list[OptOut]]:
+        """The SMS blacklist (``GET /blacklist/sms``), one list per page, in smsend's order.
+
+        ``since`` becomes ``from`` (inclusive, whole seconds) written in UTC
+        with ``timezone=UTC``, and ``insertDate`` is read back in UTC (a naive
+        ``since`` is taken as UTC). Every page is checked against the shape of
+        providers.md 1.2.5 and against the paging it claims; an answer of
+        another shape, a ``Total`` that shrinks, pages that do not add up to it
+        or that repeat is a ProtocolError naming the endpoint, never an empty
+        or partial blacklist read as "nobody else opted out". Exact repeats of
+        an entry are yielded once; entries added while paging may show up.
+        """
+        params: dict[str, Any] = {"timezone": "UTC", "pageSize": BLACKLIST_PAGE_SIZE}
+        if since is not None:
+            utc = since.astimezone(UTC) if since.tzinfo else since
+            params["from"] = utc.strftime(_BLACKLIST_TIME_FORMAT)
+        seen: set[OptOut] = set()
+        page_number, first_total, total = 1, -1, 0
+        while True:
+            page = await self._blacklist_page(page_number, params)
+            self._check_paging(page, page_number, total)
+            total, first_total = page.total, page.total if first_total < 0 else first_total
+            fresh = list(dict.fromkeys(entry for entry in page.entries if entry not in seen))
+            seen.update(fresh)
+            if fresh:
+                yield fresh
+            if self._last_page(page, page_number):
+                break
+            if not fresh:  # a full page of repeats: pageNumber is ignored, and the next page would repeat too
+                raise self._unreadable(page_number, "a full page repeated entries already listed")
+            page_number += 1
+        if len(seen) < first_total:
+            raise self._unreadable(page_number, f"Total is {first_total} but {len(seen)} distinct entries were listed")
+
+    def _check_paging(self, page: _BlacklistPage, page_number: int, previous_total: int) -> None:
+        """What an honest server's page satisfies: entries only come, and a page lies within ``Total``."""
+        if page.total < previous_total:
+            raise self._unreadable(page_number, f"Total went from {previous_total} to {page.total} while paging")
+        if len(page.entries) > page.size or (page_number - 1) * page.size + len(page.entries) > page.total:
+            raise self._unreadable(page_number, f"{len(page.entries)} entries on a page of {page.size} "
+                                                f"do not fit in Total {page.total}")
+
+    def _last_page(self, page: _BlacklistPage, page_number: int) -> bool:
+        """Whether ``page`` ends the listing (a short page, or Total reached); one that ends short of Total is unreadable."""
+        end = (page_number - 1) * page.size + len(page.entries)
+        if len(page.entries) < page.size or end >= page.total:
+            if end != page.total:
+                raise self._unreadable(page_number, f"the listing ends after {end} entries but Total is {page.total}")
+            return True
+        return False
+
+    async def _blacklist_page(self, page_number: int, params: Mapping[str, Any]) -> _BlacklistPage:
+        """One page as smsend answered it, checked for shape."""
+        response = await self._call("GET", "/blacklist/sms", operation="list opt-outs", record=f"page {page_number}",
+                                    params={**params, "pageNumber": page_number})
+        body = parse_json(response, provider=self.name, operation="list opt-outs", record=f"page {page_number}")
+        return self._parse_blacklist_page(body, page_number)
+
+    def _unreadable(self, page_number: int, what: str) -> ProtocolError:
+        return ProtocolError(f"{_BLACKLIST_ENDPOINT} page {page_number}: {what}; the blacklist is unreadable, "
+                             "so no opt-out was read from it", provider=self.name, operation="list opt-outs",
+                             record=f"page {page_number}")
+
+    def _parse_blacklist_page(self, body: Any, page_number: int) -> _BlacklistPage:
+        """``{"blacklist": [...], "pageNumber", "pageSize", "Total"}`` checked key by key (providers.md 1.2.5)."""
+        if not isinstance(body, dict):
+            raise self._unreadable(page_number, f"expected a JSON object, got {type(body).__name__}")
+        rows = body.get("blacklist")
+        if not isinstance(rows, list):
+            raise self._unreadable(page_number, "'blacklist' is missing or not a list")
+        answered, page_size, total = (self._count(body, key, page_number) for key in ("pageNumber", "pageSize", "Total"))
+        if answered != page_number or page_size < 1:
+            raise self._unreadable(page_number, f"it answered page {answered} of size {page_size}")
+        return _BlacklistPage([self._parse_opt_out(row, page_number) for row in rows], page_size, total)
+
+    def _count(self, body: Mapping[str, Any], key: str, page_number: int) -> int:
+        value = body.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self._unreadable(page_number, f"'{key}' is missing or not a count: {excerpt(repr(value), 40)}")
+        return value
+
+    def _parse_opt_out(self, row: Any, page_number: int) -> OptOut:
+        if not isinstance(row, dict):
+            raise self._unreadable(page_number, f"an entry is not a JSON object: {excerpt(repr(row), 60)}")
+        phone, origin = row.get("phoneNumber"), row.get("origin")
+        if not isinstance(phone, str) or not phone.strip() or not isinstance(origin, str) or not origin:
+            raise self._unreadable(page_number, f"an entry has no 'phoneNumber' or 'origin': {excerpt(repr(row), 80)}")
+        if "insertDate" not in row:
+            raise self._unreadable(page_number, f"an entry has no 'insertDate': {excerpt(repr(row), 80)}")
+        return OptOut(phone=self._listed_phone(phone), origin=origin, at=self._insert_date(row["insertDate"], page_number))
+
+    def _insert_date(self, value: Any, page_number: int) -> datetime | None:
+        """``insertDate`` (UTC, as asked with ``timezone=UTC``); null is "not said", anything else unreadable."""
+        if value is None:
+            return None
+        if isinstance(value, str) and _BLACKLIST_TIME.fullmatch(value):
+            try:
+                return datetime.strptime(value, _BLACKLIST_TIME_FORMAT).replace(tzinfo=UTC)
+            except ValueError:
+                pass
+        raise self._unreadable(page_number, f"'insertDate' is not 'yyyy-MM-dd HH:mm:ss': {excerpt(repr(value), 40)}")
+
+    def _listed_phone(self, raw: str) -> str:
+        """A listed number in E.164 (the blacklist writes ``+…`` or ``00…``); the raw text when it does not parse."""
+        text = raw.strip()
+        if _E164.fullmatch(text):
+            return text
+        try:
+            return to_e164("+" + text[2:] if text.startswith("00") else text, self.default_region)
+        except InvalidPhone:
+            return raw
+
     async def change_members(self, group_remote_id: str, add: Sequence[str], remove: Sequence[str]) -> MembershipOutcome:
         """Unsupported: memberships travel in the contact upsert (``groupIds``)."""
         raise Unsupported("smsend memberships are written with the contact upsert (capabilities.member_changes "
@@ -500,7 +652,13 @@ class SmsendProvider:
         return await self._write_contacts(writes, operation="create contact")
 
     async def update_contacts(self, writes: Sequence[ContactWrite]) -> list[WriteOutcome]:
-        """Upsert ``writes`` by number, each with exactly its ``groups``; blacklist the opted-out.
+        """Upsert ``writes`` by number; blacklist the opted-out.
+
+        A write is added to its ``groups`` and keeps the groups and campaigns
+        it has at smsend (``keepExistingGroupsAndCampaigns: true``), unless it
+        says ``replace_groups``: then its groups become exactly ``groups``, and
+        its campaign subscriptions go (the one documented way out of a group;
+        see the module docstring). The two kinds go in separate batches.
 
         Invalid contacts are rejected before sending (one bad contact would sink
         its whole all-or-nothing batch); a batch smsend still refuses is split
@@ -516,7 +674,11 @@ class SmsendProvider:
                 items.append(self._item(index, write, operation))
             except Rejected as error:
                 outcomes[index] = WriteOutcome(write.ref, error=error)
-        await self._upsert_all(items, outcomes, keep_groups=False, operation=operation, note="upserted by number")
+        adding = [item for item in items if not item.replace_groups]
+        replacing = [item for item in items if item.replace_groups]
+        await self._upsert_all(adding, outcomes, keep_groups=True, operation=operation, note="upserted by number")
+        await self._upsert_all(replacing, outcomes, keep_groups=False, operation=operation,
+                               note="upserted by number, groups replaced (campaign subscriptions dropped)")
         await self._blacklist_all([i for i in items if i.opted_out and outcomes[i.index].ok], outcomes)
         return _in_order(outcomes, len(writes))
 
@@ -543,7 +705,7 @@ class SmsendProvider:
         if problems:
             reason = "; ".join(f"{field}: {problem}" for field, problem in problems)
             raise Rejected(reason, field=problems[0][0], provider=self.name, operation=operation, record=phone)
-        return _Item(index, write.ref, phone, body, tuple(sorted(write.groups)), write.opted_out)
+        return _Item(index, write.ref, phone, body, tuple(sorted(write.groups)), write.opted_out, write.replace_groups)
 
     async def _upsert_all(self, items: Sequence[_Item], outcomes: dict[int, WriteOutcome], *,
                           keep_groups: bool, operation: str, note: str) -> None:

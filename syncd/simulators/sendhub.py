@@ -17,6 +17,21 @@ open, made here and followed by the client:
 * **PUT** is a full replace (custom fields and ``groups`` left out are removed)
   and answers ``state.put_status`` (202 as SEED-002; set 200 for SH-NEW).
   A body ``id`` different from the URL id is 400 ``{"id": [...]}``.
+* **Writable SendHub-owned attributes** (SH-NEW's request schema): ``screened``
+  (the owner blocked the contact; boolean, default false) and ``keyword``
+  (unique; default the first word of the name, lowercased, letters and digits,
+  then 1, 2, ...; one in use is 400 ``{"keyword": ["This keyword is already in use."]}``).
+  Every contact shows both; POST and PUT set them, and a PUT without them
+  resets them to those defaults, like everything else it leaves out.
+  ``blocked`` (the person's opt-out) stays read-only: a body's value is ignored.
+* **deleted** (SH-NEW's read-only flag): a record a test marks deleted
+  (``mark_deleted``, ``mark_group_deleted``) is still listed, with
+  ``"deleted": true``, and is absent everywhere else: 404 by id, in no group,
+  its number, keyword, group name and slug free again. Other records carry no
+  ``deleted`` key (SEED-002's shape).
+* **409 "Try again later"**: ``state.busy_next = N`` answers the next N API
+  requests 409 ``{"error": "Try again later", "message": ..., "status": 409}``
+  before touching anything (the answer SH-PY retries).
 * **Paging** follows Tastypie: ``limit`` default 20; 0 or above 1000 means
   1000 (clamped, reported in ``meta.limit``); negative or non-integer
   ``limit``/``offset`` is 400 text/html. ``meta.next`` is null when
@@ -93,13 +108,16 @@ REQUIRED = "This field is required."
 BAD_NUMBER = "Only 10 digit numbers are accepted."
 DUPLICATE_NUMBER = "That number is already in your contacts."
 DUPLICATE_GROUP = "Duplicate group name."
+KEYWORD_TAKEN = "This keyword is already in use."
+TRY_AGAIN = "Try again later"
 CONTACT_NOT_FOUND = {"error": "Requested contact not found", "status": 404}
 GROUP_NOT_FOUND = {"error": "Requested group not found", "status": 404}
 
-CONTACT_READ_ONLY = frozenset({"id", "resource_uri", "blocked", "date_created", "date_modified"})
-CONTACT_FIELDS = CONTACT_READ_ONLY | {"name", "number", "groups"}
+CONTACT_READ_ONLY = frozenset({"id", "resource_uri", "blocked", "date_created", "date_modified", "deleted"})
+CONTACT_FIELDS = CONTACT_READ_ONLY | {"name", "number", "groups", "screened", "keyword"}
 GROUP_FIELDS = frozenset(
-    {"id", "name", "slug", "text_to_subscribe", "ttjResponse", "resource_uri", "size", "date_created", "date_modified"}
+    {"id", "name", "slug", "text_to_subscribe", "ttjResponse", "resource_uri", "size", "date_created", "date_modified",
+     "deleted"}
 )
 CONTACT_FILTERS = frozenset({"number"})
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -107,6 +125,7 @@ ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _NUMBER = re.compile(r"(?:\+1)?([2-9]\d{9})")
 _GROUP_REF = re.compile(r"(?:/api)?/v1/groups/(\d+)/?")
 _DIGITS = re.compile(r"\d+")
+_KEYWORD_CHARS = re.compile(r"[^0-9a-z]")
 
 Clock = Callable[[], float]
 
@@ -175,11 +194,14 @@ class Contact:
     groups: set[str]
     date_created: str
     date_modified: str
+    keyword: str = ""
+    screened: bool = False
     blocked: bool = False
+    deleted: bool = False
     _json: bytes | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The API representation (SEED-002 shape)."""
+        """The API representation: SEED-002's shape plus SH-NEW's ``keyword`` and ``screened``."""
         data = dict(self.extra)
         data.update(
             blocked=self.blocked,
@@ -187,10 +209,14 @@ class Contact:
             date_modified=self.date_modified,
             groups=[GROUP_URI.format(g) for g in sorted(self.groups, key=int)],
             id=self.id,
+            keyword=self.keyword,
             name=self.name,
             number=self.number,
             resource_uri=CONTACT_URI.format(self.id),
+            screened=self.screened,
         )
+        if self.deleted:
+            data["deleted"] = True
         return data
 
     def json(self) -> bytes:
@@ -216,11 +242,12 @@ class Group:
     date_created: str
     date_modified: str
     members: dict[str, None] = field(default_factory=dict)
+    deleted: bool = False
     _ordered: list[str] | None = None
 
     def to_dict(self, *, size_known: bool = True) -> dict[str, Any]:
         """The API representation; ``size`` is null in the create response (SH-OLD)."""
-        return {
+        data = {
             "date_created": self.date_created,
             "date_modified": self.date_modified,
             "id": self.id,
@@ -231,6 +258,9 @@ class Group:
             "text_to_subscribe": self.text_to_subscribe,
             "ttjResponse": self.join_message,
         }
+        if self.deleted:
+            data["deleted"] = True
+        return data
 
     def ordered_members(self) -> list[str]:
         if self._ordered is None:
@@ -262,6 +292,14 @@ class _IdSequence:
 _UNSET: Any = object()
 
 
+def _admin_id(action: Callable[[str], Contact | Group], body: Mapping[str, Any], key: str) -> str:
+    """Run an admin action on the record ``body[key]``; ValueError (the admin interface's 400) if unknown."""
+    try:
+        return action(str(body[key])).id
+    except KeyError as exc:
+        raise ValueError(f"{key}: {exc}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class ContactInput:
     """A validated contact body."""
@@ -270,13 +308,17 @@ class ContactInput:
     number: str
     groups: tuple[str, ...]
     extra: dict[str, Any]
+    screened: bool = False
+    keyword: str | None = None  # None: the default, made from the name
 
 
 class SendHubAccount:
     """The whole account in memory: what the API serves and what tests inspect or change.
 
     Every method is safe to call from a test thread while the server runs.
-    ``contacts`` and ``groups`` map id to record, in creation order.
+    ``contacts`` and ``groups`` map id to record, in creation order (records
+    marked ``deleted`` included: they are listed, and absent everywhere else).
+    ``busy_next`` makes the next N API requests answer 409 "Try again later".
     """
 
     def __init__(self, *, username: str, api_key: str, clock: Clock | None = None, seed: int = 0) -> None:
@@ -287,16 +329,36 @@ class SendHubAccount:
         self.groups: dict[str, Group] = {}
         self.put_status = 202
         self.lock = threading.RLock()
+        self.busy_next = 0
         self._by_number: dict[str, str] = {}
+        self._by_keyword: dict[str, str] = {}
+        self._keyword_next: dict[str, int] = {}  # base -> the next suffix worth trying (O(1) defaults)
         self._order: list[str] | None = []
         self._new_id = _IdSequence(seed)
         self.admin_actions: dict[str, Callable[[dict[str, Any]], Any]] = {
             "block": lambda body: self.block(body["number"]).id,
             "unblock": lambda body: self.unblock(body["number"]).id,
+            "mark_deleted": lambda body: _admin_id(self.mark_deleted, body, "contact_id"),
+            "mark_group_deleted": lambda body: _admin_id(self.mark_group_deleted, body, "group_id"),
+            "busy": lambda body: self._set_busy(body.get("count", 1)),
         }
 
     def now(self) -> str:
         return format_timestamp(self.clock())
+
+    def take_busy(self) -> bool:
+        """True (and one fewer to go) while ``busy_next`` asks for 409 "Try again later" answers."""
+        with self.lock:
+            if self.busy_next <= 0:
+                return False
+            self.busy_next -= 1
+            return True
+
+    def _set_busy(self, count: Any) -> int:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError("count must be a non-negative integer")
+        self.busy_next = count
+        return count
 
     # -- reading --------------------------------------------------------------------
 
@@ -332,6 +394,8 @@ class SendHubAccount:
         *,
         groups: Iterable[str] = (),
         blocked: bool = False,
+        screened: bool = False,
+        keyword: str | None = None,
         contact_id: str | None = None,
         **extra: Any,
     ) -> Contact:
@@ -348,7 +412,10 @@ class SendHubAccount:
                 raise ValueError(f"{normal}: {DUPLICATE_NUMBER}")
             if contact_id is not None and (contact_id in self.contacts or not _DIGITS.fullmatch(contact_id)):
                 raise ValueError(f"contact id {contact_id!r} is taken or not a string of digits")
-            contact = self._insert(ContactInput(name, normal, groups, extra), self.now(), contact_id)
+            if keyword and self.keyword_taken(keyword):
+                raise ValueError(f"{keyword!r}: {KEYWORD_TAKEN}")
+            data = ContactInput(name, normal, groups, extra, screened=screened, keyword=keyword)
+            contact = self._insert(data, self.now(), contact_id)
             contact.blocked = blocked
             return contact
 
@@ -359,9 +426,13 @@ class SendHubAccount:
         name: str = _UNSET,
         number: str | int = _UNSET,
         groups: Iterable[str] = _UNSET,
+        screened: bool = _UNSET,
+        keyword: str = _UNSET,
         **extra: Any,
     ) -> Contact:
-        """Change some fields "at the provider"; an extra set to None is removed. Refreshes ``date_modified``."""
+        """Change some fields "at the provider" (the rest is kept, ``keyword`` included); an extra
+        set to None is removed. Refreshes ``date_modified``.
+        """
         with self.lock:
             contact = self._get_contact(contact_id)
             data = ContactInput(
@@ -369,10 +440,14 @@ class SendHubAccount:
                 number=contact.number if number is _UNSET else self._valid_number(number),
                 groups=tuple(str(g) for g in (contact.groups if groups is _UNSET else groups)),
                 extra={k: v for k, v in {**contact.extra, **extra}.items() if v is not None},
+                screened=contact.screened if screened is _UNSET else screened,
+                keyword=contact.keyword if keyword is _UNSET else keyword,
             )
             self._check_groups_exist(data.groups)
             if self._by_number.get(data.number, contact.id) != contact.id:
                 raise ValueError(f"{data.number}: {DUPLICATE_NUMBER}")
+            if data.keyword and self.keyword_taken(data.keyword, exclude=contact.id):
+                raise ValueError(f"{data.keyword!r}: {KEYWORD_TAKEN}")
             self._replace(contact, data)
             return contact
 
@@ -382,8 +457,29 @@ class SendHubAccount:
             for group_id in contact.groups:
                 self.groups[group_id].discard(contact.id)
             del self.contacts[contact.id]
-            del self._by_number[contact.number]
+            if not contact.deleted:
+                self._unindex(contact)
             self._order = None
+
+    def mark_deleted(self, contact_id: str) -> Contact:
+        """Flag the contact ``deleted: true`` (SH-NEW's read-only flag): it stays in listings, and is
+        absent everywhere else (404 by id, not a member, its number and keyword free again).
+        """
+        with self.lock:
+            contact = self._get_contact(contact_id)
+            for group_id in contact.groups:
+                self.groups[group_id].discard(contact.id)
+            contact.groups = set()
+            self._unindex(contact)
+            contact.deleted = True
+            contact.changed(self.now())
+            return contact
+
+    def _unindex(self, contact: Contact) -> None:
+        if self._by_number.get(contact.number) == contact.id:
+            del self._by_number[contact.number]
+        if self._by_keyword.get(contact.keyword) == contact.id:
+            del self._by_keyword[contact.keyword]
 
     def block(self, number: str) -> Contact:
         """Mark the contact with this number ``blocked`` (the person texted STOP)."""
@@ -409,37 +505,72 @@ class SendHubAccount:
 
     def _get_contact(self, contact_id: str) -> Contact:
         contact = self.contacts.get(str(contact_id))
-        if contact is None:
+        if contact is None or contact.deleted:
             raise KeyError(f"no contact {contact_id}")
         return contact
 
+    def live_contact(self, contact_id: str) -> Contact | None:
+        """The contact with this id unless it is gone or marked deleted."""
+        contact = self.contacts.get(str(contact_id))
+        return None if contact is None or contact.deleted else contact
+
+    def live_group(self, group_id: str) -> Group | None:
+        """The group with this id unless it is gone or marked deleted."""
+        group = self.groups.get(str(group_id))
+        return None if group is None or group.deleted else group
+
+    def keyword_taken(self, keyword: str, *, exclude: str | None = None) -> bool:
+        return self._by_keyword.get(keyword, exclude) != exclude
+
+    def free_keyword(self, name: str, *, exclude: str | None = None) -> str:
+        """The default keyword (SH-NEW: "generated by the contact's name"): the first word of the
+        name, lowercased, letters and digits only (``Bob Parker`` -> ``bob``), then 1, 2, ... until unused.
+        """
+        words = name.lower().split()
+        base = _KEYWORD_CHARS.sub("", words[0]) if words else ""
+        base = base or "contact"
+        if not self.keyword_taken(base, exclude=exclude):
+            return base
+        n = self._keyword_next.get(base, 1)
+        while self.keyword_taken(f"{base}{n}", exclude=exclude):
+            n += 1
+        self._keyword_next[base] = n + 1
+        return f"{base}{n}"
+
     def _check_groups_exist(self, group_ids: Iterable[str]) -> None:
-        missing = [g for g in group_ids if g not in self.groups]
+        missing = [g for g in group_ids if self.live_group(g) is None]
         if missing:
             raise ValueError(f"no such group(s): {', '.join(missing)}")
 
     def _insert(self, data: ContactInput, now: str, contact_id: str | None = None) -> Contact:
+        contact_id = contact_id or self._new_id()
         contact = Contact(
-            id=contact_id or self._new_id(), name=data.name, number=data.number, extra=data.extra,
-            groups=set(data.groups), date_created=now, date_modified=now,
+            id=contact_id, name=data.name, number=data.number, extra=data.extra,
+            groups=set(data.groups), date_created=now, date_modified=now, screened=data.screened,
+            keyword=data.keyword or self.free_keyword(data.name),
         )  # fmt: skip
         for group_id in contact.groups:
             self.groups[group_id].add(contact.id)
         self.contacts[contact.id] = contact
         self._by_number[contact.number] = contact.id
+        self._by_keyword[contact.keyword] = contact.id
         if self._order is not None:
             self._order.append(contact.id)
         return contact
 
     def _replace(self, contact: Contact, data: ContactInput) -> None:
-        del self._by_number[contact.number]
+        """PUT's replace: every attribute from ``data``; a keyword left out is the name's default again."""
+        self._unindex(contact)
         self._by_number[data.number] = contact.id
+        keyword = data.keyword or self.free_keyword(data.name, exclude=contact.id)
+        self._by_keyword[keyword] = contact.id
         new_groups = set(data.groups)
         for group_id in contact.groups - new_groups:
             self.groups[group_id].discard(contact.id)
         for group_id in new_groups - contact.groups:
             self.groups[group_id].add(contact.id)
         contact.name, contact.number, contact.extra, contact.groups = data.name, data.number, data.extra, new_groups
+        contact.screened, contact.keyword = data.screened, keyword
         contact.changed(self.now())
 
     # -- groups ----------------------------------------------------------------------
@@ -472,11 +603,28 @@ class SendHubAccount:
         """Delete a group; its contacts remain and lose the membership."""
         with self.lock:
             group = self.groups.pop(str(group_id))
-            now = self.now()
-            for contact_id in group.members:
-                contact = self.contacts[contact_id]
-                contact.groups.discard(group.id)
-                contact.changed(now)
+            self._drop_members(group)
+
+    def mark_group_deleted(self, group_id: str) -> Group:
+        """Flag the group ``deleted: true``: still listed, absent everywhere else (404 by id, its
+        name and slug free again); its contacts remain and lose the membership.
+        """
+        with self.lock:
+            group = self.live_group(group_id)
+            if group is None:
+                raise KeyError(f"no group {group_id}")
+            self._drop_members(group)
+            group.deleted = True
+            group.date_modified = self.now()
+            return group
+
+    def _drop_members(self, group: Group) -> None:
+        now = self.now()
+        for contact_id in list(group.members):
+            contact = self.contacts[contact_id]
+            contact.groups.discard(group.id)
+            contact.changed(now)
+            group.discard(contact_id)
 
     def add_member(self, group_id: str, contact_id: str) -> bool:
         """Put a contact in a group; False if it already was. Refreshes the contact's ``date_modified``."""
@@ -505,12 +653,12 @@ class SendHubAccount:
         """The group whose name equals ``name`` trimmed and case-folded (the uniqueness rule)."""
         key = name.strip().casefold()
         for group in self.groups.values():
-            if group.id != exclude and group.name.strip().casefold() == key:
+            if group.id != exclude and not group.deleted and group.name.strip().casefold() == key:
                 return group
         return None
 
     def slug_taken(self, slug: str, *, exclude: str | None = None) -> bool:
-        return any(g.slug == slug and g.id != exclude for g in self.groups.values())
+        return any(g.slug == slug and g.id != exclude and not g.deleted for g in self.groups.values())
 
     def free_slug(self, name: str, *, exclude: str | None = None) -> str:
         """The default slug: the lowercased name without spaces, then 1, 2, ... until unused."""
@@ -569,7 +717,7 @@ def _parse_groups(raw: Any, account: SendHubAccount, errors: dict[str, list[str]
     found: dict[str, None] = {}
     for ref in raw:
         group_id = _group_ref(ref)
-        if group_id is None or group_id not in account.groups:
+        if group_id is None or account.live_group(group_id) is None:
             uri = GROUP_URI.format(group_id) if group_id else str(ref)
             errors["groups"] = [f"Could not find the provided object via resource URI '{uri}'."]
             return ()
@@ -577,8 +725,34 @@ def _parse_groups(raw: Any, account: SendHubAccount, errors: dict[str, list[str]
     return tuple(found)
 
 
-def parse_contact(body: Mapping[str, Any], account: SendHubAccount, *, require_id: bool) -> ContactInput:
-    """Validate a contact POST/PUT body; every field problem is reported at once (400 field map)."""
+def _parse_screened(raw: Any, errors: dict[str, list[str]]) -> bool:
+    if raw is None:
+        return False
+    if not isinstance(raw, bool):
+        errors["screened"] = [f"'{raw}' value must be either True or False."]
+    return raw is True
+
+
+def _parse_keyword(raw: Any, account: SendHubAccount, contact_id: str | None,
+                   errors: dict[str, list[str]]) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str) or not raw.strip():
+        errors["keyword"] = ["Enter a valid keyword."]
+        return None
+    if account.keyword_taken(raw, exclude=contact_id):
+        errors["keyword"] = [KEYWORD_TAKEN]
+    return raw
+
+
+def parse_contact(body: Mapping[str, Any], account: SendHubAccount, *, require_id: bool,
+                  contact_id: str | None = None) -> ContactInput:
+    """Validate a contact POST/PUT body; every field problem is reported at once (400 field map).
+
+    ``screened`` (default false) and ``keyword`` (default: made from the name) are SH-NEW's
+    writable attributes: a PUT without them resets them. ``blocked`` and the other read-only
+    keys are ignored.
+    """
     errors: dict[str, list[str]] = {}
     if require_id and body.get("id") in (None, ""):
         errors["id"] = [REQUIRED]
@@ -592,13 +766,16 @@ def parse_contact(body: Mapping[str, Any], account: SendHubAccount, *, require_i
     elif number is None:
         errors["number"] = [BAD_NUMBER]
     groups = _parse_groups(body.get("groups"), account, errors)
+    screened = _parse_screened(body.get("screened"), errors)
+    keyword = _parse_keyword(body.get("keyword"), account, contact_id, errors)
     if errors:
         raise SendHubError.fields(errors)
     extra = {k: v for k, v in body.items() if k not in CONTACT_FIELDS and v is not None}
     if len(_dumps(extra)) > CUSTOM_FIELDS_MAX_BYTES:
         raise SendHubError.generic(400, f"Custom fields may hold at most {CUSTOM_FIELDS_MAX_BYTES} bytes.")
     assert number is not None
-    return ContactInput(name=body["name"], number=number, groups=groups, extra=extra)
+    return ContactInput(name=body["name"], number=number, groups=groups, extra=extra, screened=screened,
+                        keyword=keyword)
 
 
 @dataclass(frozen=True, slots=True)
@@ -737,6 +914,8 @@ class SendHubApi:
                 return Response(b"", status_code=405, headers=allow)
             if not self.authenticated(request):
                 return Response(b"", status_code=401, media_type="text/html")
+            if self.account.take_busy():  # SH-PY retries this one (providers.md 2.0)
+                return SendHubError.generic(409, TRY_AGAIN).response()
             try:
                 return await handler(request)
             except SendHubError as exc:
@@ -789,13 +968,13 @@ class SendHubApi:
         return matching
 
     def _contact(self, request: Request) -> Contact:
-        contact = self.account.contacts.get(request.path_params["contact_id"])
+        contact = self.account.live_contact(request.path_params["contact_id"])
         if contact is None:
             raise SendHubError(404, CONTACT_NOT_FOUND)
         return contact
 
     def _group(self, request: Request) -> Group:
-        group = self.account.groups.get(request.path_params["group_id"])
+        group = self.account.live_group(request.path_params["group_id"])
         if group is None:
             raise SendHubError(404, GROUP_NOT_FOUND)
         return group
@@ -828,7 +1007,7 @@ class SendHubApi:
         account = self.account
         with account.lock:
             contact = self._contact(request)
-            data = parse_contact(body, account, require_id=True)
+            data = parse_contact(body, account, require_id=True, contact_id=contact.id)
             check_body_id(body, contact.id)
             if account._by_number.get(data.number, contact.id) != contact.id:
                 raise SendHubError.fields({"number": [DUPLICATE_NUMBER]})
@@ -904,7 +1083,7 @@ class SendHubApi:
         added, removed, errors = [], [], {}
         for ref in to_add:
             contact_id = _contact_ref(ref)
-            if contact_id is None or contact_id not in self.account.contacts:
+            if contact_id is None or self.account.live_contact(contact_id) is None:
                 errors.setdefault("add", []).append(f"{ref} is not an id of one of your contacts.")
             elif not self.account.add_member(group.id, contact_id):
                 errors.setdefault("add", []).append(f"{ref} is the id of a contact who is already in this group")

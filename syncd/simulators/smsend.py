@@ -20,6 +20,11 @@ Served under ``/API/v1.0/REST``:
 ``POST /contact/add_to_blacklist/{id}``     200 ``true``; 404 "Contact not found"
 ``POST /contact/add_to_blacklist_batch``    200, a bare JSON integer (the count)
 ``POST /contacts/add_to_blacklist?phoneNumber=``  200 ``true``
+``POST /list/{campaign_id}/contact``        201, empty, ``Location: /contact/{id}``
+``GET /blacklist/sms?from=&to=&timezone=``  200 ``{blacklist, pageNumber, pageSize, Total}``
+``&number=&origins=&pageNumber=&pageSize=``
+``POST /blacklist/sms?phoneNumber=``        200 ``true``; 400 "Invalid recipient"
+``POST /blacklist/smsbatch`` (JSON array)   200, a bare JSON integer (the count)
 ==========================================  ==========================================
 
 Every other path answers 404 and every other method on a known path 405 (the
@@ -69,7 +74,34 @@ Decisions where the sources are silent (each marked NOT FOUND in providers.md):
   without a number is 400. ``add_to_blacklist/{id}`` follows its own page
   (404 "Contact not found" for an unknown id, unlike the groups API's 400);
   the batch is all-or-nothing (any unknown id: 400, nothing blacklisted).
-  Deleting a contact leaves its number blacklisted.
+  Deleting a contact leaves its number blacklisted. Every way in
+  (``/contact/add_to_blacklist*``, ``/contacts/add_to_blacklist``,
+  ``/blacklist/sms*``) fills one blacklist of entries ``phoneNumber`` (E.164),
+  ``origin`` and ``insertDate``; the API's are origin ``API``, the test hooks
+  ``play_stop`` (a STOP reply: ``STOPSMS``) and ``blacklist_from_web``
+  (``WEB``) add the others, optionally at a given time. A number is listed
+  once: a second opt-out keeps the first one's origin and time. Insert times
+  come from ``state.wall_clock`` (epoch seconds) and never go backwards.
+- **Blacklist listing** (providers.md 1.2.5, whose body is ASSUMED):
+  ``{"blacklist": [{"phoneNumber", "origin", "insertDate"}], "pageNumber",
+  "pageSize", "Total"}``, oldest first, ``pageSize`` default 5 as for groups.
+  ``from``/``to`` are inclusive and read in ``timezone`` (IANA), which also
+  writes ``insertDate``; without it both are Europe/Rome (an Italian service),
+  so a client that means UTC must say so. ``number`` is "contains" (digits,
+  optional ``+``); ``origins`` a comma-separated subset of API, WEB, STOPSMS.
+  Any badly formatted parameter: 400 "Some of the parameters specified were
+  badly formatted (<name>)". ``POST /blacklist/sms`` reads ``phoneNumber``
+  from the query (the page lists it under Parameters, not Body Fields) and
+  takes only ``+…``/``00…`` numbers; the batch takes a JSON array of them,
+  all or nothing (400 "Some of the phone numbers specified were badly
+  formatted"), and answers how many distinct numbers it holds.
+- **Email campaigns**: none can be created through the API; tests make them
+  (``create_campaign``). ``POST /list/{id}/contact?SendOptIn=`` inserts a new
+  contact (``email`` required, like a single ``POST /contact`` it never
+  deduplicates) subscribed to the campaign; an unknown or inactive campaign is
+  400 "Campaign not active or not found". No opt-in e-mail is simulated. An
+  upsert with ``keepExistingGroupsAndCampaigns: false`` drops the clashing
+  contact's subscriptions along with its other groups; ``true`` keeps both.
 - **Paging**: ``pageNumber``/``pageSize`` must be integers >= 1 (else 400);
   ``pageSize`` has no maximum; a page past the end is ``groups: []`` with 200.
   Groups are listed in creation order.
@@ -92,8 +124,9 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -104,11 +137,16 @@ from starlette.routing import Mount, Route, Router
 from syncd.simulators.faults import DefaultFaultHooks, Faults
 
 __all__ = [
+    "BAD_PARAMETERS",
     "BASE_PATH",
+    "BLACKLIST_ORIGINS",
+    "DEFAULT_TIMEZONE",
     "FAULT_HOOKS",
     "MAX_BATCH",
     "SESSION_IDLE_SECONDS",
     "ApiError",
+    "BlacklistEntry",
+    "SmsendCampaign",
     "SmsendContact",
     "SmsendGroup",
     "SmsendState",
@@ -121,6 +159,17 @@ BASE_PATH = "/API/v1.0/REST"
 SESSION_IDLE_SECONDS = 300.0
 MAX_BATCH = 1000
 DEFAULT_PAGE_SIZE = 5
+#: Where ``from``/``to`` and ``insertDate`` are read and written when a request names no ``timezone``.
+DEFAULT_TIMEZONE = "Europe/Rome"
+BLACKLIST_ORIGINS = ("API", "WEB", "STOPSMS")
+BAD_PARAMETERS = "Some of the parameters specified were badly formatted"
+BAD_NUMBERS = "Some of the phone numbers specified were badly formatted"
+INVALID_RECIPIENT = "Invalid recipient"
+CAMPAIGN_NOT_FOUND = "Campaign not active or not found"
+_BLACKLIST_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+_BLACKLIST_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+# POST /blacklist/sms: "The format must be +1111111111 or 001111111111" (an international prefix).
+_PREFIXED_PHONE = re.compile(r"(?:\+|00)[0-9]{6,15}")
 
 # Error codes carried in the JSON error body (the real codes are unknown).
 E_UNAUTHORIZED = 1
@@ -135,6 +184,9 @@ E_TOO_MANY = 14
 E_BAD_JSON = 15
 E_THROTTLED = 20
 E_SERVER = 21
+E_BAD_PARAMETERS = 30
+E_INVALID_RECIPIENT = 31
+E_CAMPAIGN = 32
 
 _TEXT_LIMITS: Mapping[str, int | None] = {
     "email": 256,
@@ -293,6 +345,110 @@ def _validate_group_body(raw: object) -> tuple[str, str]:
     return raw["name"], raw["description"]
 
 
+def _prefixed_phone(raw: object, message: str) -> str:
+    """A blacklist number written ``+…`` or ``00…`` as E.164; ApiError 400 ``message`` otherwise."""
+    if not isinstance(raw, str) or not _PREFIXED_PHONE.fullmatch(raw):
+        raise _invalid(message, E_INVALID_RECIPIENT)
+    try:
+        return normalise_phone(raw)
+    except ValueError:
+        raise _invalid(message, E_INVALID_RECIPIENT) from None
+
+
+def _epoch(at: float | str | None) -> float | None:
+    """A test hook's insert time: epoch seconds, or ``yyyy-MM-dd HH:mm:ss`` in UTC; ValueError otherwise."""
+    if at is None or (isinstance(at, int | float) and not isinstance(at, bool)):
+        return None if at is None else float(at)
+    if isinstance(at, str) and _BLACKLIST_TIME.fullmatch(at):
+        return datetime.strptime(at, _BLACKLIST_TIME_FORMAT).replace(tzinfo=UTC).timestamp()
+    raise ValueError(f"at: {at!r} is neither epoch seconds nor 'yyyy-MM-dd HH:mm:ss'")
+
+
+def _admin_text(body: Mapping[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{key} is required (a string)")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class BlacklistQuery:
+    """The documented parameters of ``GET /blacklist/sms``, checked.
+
+    ``from``/``to`` (``yyyy-MM-dd HH:mm:ss``, inclusive) are read in ``timezone``
+    (IANA; :data:`DEFAULT_TIMEZONE` when absent), which also writes ``insertDate``;
+    ``number`` matches entries containing it (digits, an optional leading ``+``
+    that then matches only at the start, as E.164 numbers are stored);
+    ``origins`` is a comma-separated subset of :data:`BLACKLIST_ORIGINS`.
+    Anything else badly formatted: 400 :data:`BAD_PARAMETERS`.
+    """
+
+    zone: ZoneInfo
+    since: float | None = None
+    until: float | None = None
+    number: str = ""
+    origins: frozenset[str] = frozenset(BLACKLIST_ORIGINS)
+    page_number: int = 1
+    page_size: int = DEFAULT_PAGE_SIZE
+
+    @classmethod
+    def parse(cls, params: Mapping[str, str]) -> BlacklistQuery:
+        zone = _zone(params.get("timezone", DEFAULT_TIMEZONE))
+        number = params.get("number", "")
+        if number and not re.fullmatch(r"\+?[0-9]+", number):
+            raise _bad_parameter("number")
+        return cls(zone=zone, since=_instant(params, "from", zone), until=_instant(params, "to", zone),
+                   number=number, origins=_origins(params.get("origins")),
+                   page_number=_page_param(params, "pageNumber", 1),
+                   page_size=_page_param(params, "pageSize", DEFAULT_PAGE_SIZE))
+
+    def matches(self, entry: BlacklistEntry) -> bool:
+        return (entry.origin in self.origins and self.number in entry.phone
+                and (self.since is None or entry.inserted >= self.since)
+                and (self.until is None or entry.inserted <= self.until))
+
+
+def _bad_parameter(name: str) -> ApiError:
+    return _invalid(f"{BAD_PARAMETERS} ({name})", E_BAD_PARAMETERS)
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise _bad_parameter("timezone") from None
+
+
+def _instant(params: Mapping[str, str], name: str, zone: ZoneInfo) -> float | None:
+    raw = params.get(name)
+    if raw is None:
+        return None
+    try:
+        if not _BLACKLIST_TIME.fullmatch(raw):
+            raise ValueError
+        return datetime.strptime(raw, _BLACKLIST_TIME_FORMAT).replace(tzinfo=zone).timestamp()
+    except ValueError:
+        raise _bad_parameter(name) from None
+
+
+def _origins(raw: str | None) -> frozenset[str]:
+    if raw is None:
+        return frozenset(BLACKLIST_ORIGINS)
+    origins = raw.split(",")
+    if not all(origin in BLACKLIST_ORIGINS for origin in origins):
+        raise _bad_parameter("origins")
+    return frozenset(origins)
+
+
+def _page_param(params: Mapping[str, str], name: str, default: int) -> int:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+        raise _bad_parameter(name)
+    return int(raw)
+
+
 # --- state ------------------------------------------------------------------
 
 
@@ -309,6 +465,7 @@ class SmsendContact:
     id: str
     fields: dict[str, str]  # every text field, "" when never set
     groups: dict[str, None] = field(default_factory=dict)  # ordered set of group ids
+    campaigns: dict[str, None] = field(default_factory=dict)  # email campaign subscriptions
 
     @property
     def phone(self) -> str | None:
@@ -323,12 +480,43 @@ class SmsendContact:
         return {"id": self.id, **self.fields, "groupIds": list(self.groups)}
 
 
+@dataclass(slots=True)
+class SmsendCampaign:
+    """An email campaign (list) contacts subscribe to through ``POST /list/{id}/contact``.
+
+    The API documents no way to create one: tests do (:meth:`SmsendState.create_campaign`).
+    """
+
+    id: str
+    name: str
+    active: bool = True
+    subscribers: dict[str, None] = field(default_factory=dict)  # ordered set of contact ids
+
+
+@dataclass(frozen=True, slots=True)
+class BlacklistEntry:
+    """One number of the SMS blacklist: how it got there and when (epoch seconds, UTC)."""
+
+    phone: str
+    origin: str  # API | WEB | STOPSMS
+    inserted: float
+    sequence: int  # insertion order, to list entries with the same second stably
+
+    def as_json(self, zone: ZoneInfo) -> dict[str, str]:
+        """The entry as ``GET /blacklist/sms`` lists it, ``insertDate`` in ``zone``."""
+        stamp = datetime.fromtimestamp(self.inserted, UTC).astimezone(zone)
+        return {"phoneNumber": self.phone, "origin": self.origin, "insertDate": stamp.strftime(_BLACKLIST_TIME_FORMAT)}
+
+
 class SmsendState:
     """One smsend account in memory; thread-safe, so tests may read it directly.
 
-    Public, for tests: ``groups`` and ``contacts`` (by id), ``contacts_by_phone``,
-    ``blacklist`` (E.164 numbers), ``locked``, ``expire_sessions()``,
-    ``snapshot()``. Every lookup is O(1); listing a page is O(pageSize).
+    Public, for tests: ``groups``, ``contacts`` and ``campaigns`` (by id),
+    ``contacts_by_phone``, ``blacklist`` (E.164 number -> :class:`BlacklistEntry`),
+    ``locked``, ``expire_sessions()``, ``create_campaign()``, ``play_stop()``
+    and ``blacklist_from_web()``, ``wall_clock`` (epoch seconds: blacklist insert
+    times, never going backwards), ``snapshot()``. Every lookup is O(1); listing
+    a page of groups is O(pageSize).
     """
 
     def __init__(
@@ -340,10 +528,13 @@ class SmsendState:
     ) -> None:
         self.credentials = dict(credentials)
         self.clock: Callable[[], float] = clock or time.monotonic
+        self.wall_clock: Callable[[], float] = time.time
         self.locked = False
         self.groups: dict[str, SmsendGroup] = {}
         self.contacts: dict[str, SmsendContact] = {}
-        self.blacklist: dict[str, None] = {}
+        self.campaigns: dict[str, SmsendCampaign] = {}
+        self.blacklist: dict[str, BlacklistEntry] = {}
+        self._last_insert = 0.0
         self._group_order: list[str] = []
         self._by_phone: dict[str, dict[str, None]] = {}
         self._by_email: dict[str, dict[str, None]] = {}  # contacts without a number
@@ -359,7 +550,7 @@ class SmsendState:
         with self._lock:
             while True:
                 candidate = "".join(self._ids.choices(_ID_ALPHABET, k=_ID_LENGTH))
-                if candidate not in self.groups and candidate not in self.contacts:
+                if candidate not in self.groups and candidate not in self.contacts and candidate not in self.campaigns:
                     return candidate
 
     # authentication
@@ -515,11 +706,13 @@ class SmsendState:
                 self._update_in_place(contact, item, keep_groups=keep_groups)
             return
         kept: dict[str, None] = {}
+        campaigns: dict[str, None] = {}
         for contact in clashing:
             if keep_groups:
                 kept.update(contact.groups)
+                campaigns.update(contact.campaigns)
             self._delete_contact(contact.id)
-        self._insert(item.fields, [*kept, *item.group_ids])
+        self._subscribe(self._insert(item.fields, [*kept, *item.group_ids]), campaigns)
 
     def _clashing(self, item: ContactInput) -> list[SmsendContact]:
         if item.phone is not None:
@@ -537,6 +730,7 @@ class SmsendState:
                 if group_id not in item.group_ids:
                     self.groups[group_id].members.pop(contact.id, None)
                     del contact.groups[group_id]
+            self._unsubscribe_all(contact)
         for group_id in item.group_ids:
             self.groups[group_id].members[contact.id] = None
             contact.groups[group_id] = None
@@ -556,6 +750,39 @@ class SmsendState:
         self._unindex(contact)
         for group_id in contact.groups:
             self.groups[group_id].members.pop(contact_id, None)
+        self._unsubscribe_all(contact)
+
+    # email campaigns (``keepExistingGroupsAndCampaigns`` false drops the subscriptions)
+
+    def create_campaign(self, name: str, *, active: bool = True) -> SmsendCampaign:
+        """A campaign "made in smsend's interface" (the API documents no way to create one)."""
+        with self._lock:
+            campaign = SmsendCampaign(self.new_id(), name, active)
+            self.campaigns[campaign.id] = campaign
+            return campaign
+
+    def register_to_campaign(self, campaign_id: str, raw: object) -> SmsendContact:
+        """``POST /list/{campaign_id}/contact``: a new contact (``email`` required), subscribed."""
+        with self._lock:
+            campaign = self.campaigns.get(campaign_id)
+            if campaign is None or not campaign.active:
+                raise _invalid(CAMPAIGN_NOT_FOUND, E_CAMPAIGN)
+            item = _validate_contact(raw, "", self.groups)
+            if item.email_key is None:
+                raise _invalid("email: required to register a contact to a list")
+            contact = self._insert(item.fields, item.group_ids)
+            self._subscribe(contact, {campaign.id: None})
+            return contact
+
+    def _subscribe(self, contact: SmsendContact, campaign_ids: Iterable[str]) -> None:
+        for campaign_id in campaign_ids:
+            self.campaigns[campaign_id].subscribers[contact.id] = None
+            contact.campaigns[campaign_id] = None
+
+    def _unsubscribe_all(self, contact: SmsendContact) -> None:
+        for campaign_id in contact.campaigns:
+            self.campaigns[campaign_id].subscribers.pop(contact.id, None)
+        contact.campaigns.clear()
 
     def _index(self, contact: SmsendContact) -> None:
         if contact.phone is not None:
@@ -571,14 +798,14 @@ class SmsendState:
                 if not bucket:
                     del index[key or ""]
 
-    # blacklist
+    # blacklist: one entry per number; the first opt-out's origin and time stay
 
     def blacklist_contact(self, contact_id: str) -> None:
         with self._lock:
             contact = self.contacts.get(contact_id)
             if contact is None:
                 raise ApiError(404, "Contact not found", E_NOT_FOUND)
-            self.blacklist[self._blacklistable(contact)] = None
+            self._blacklist(self._blacklistable(contact), "API")
 
     def blacklist_contacts(self, body: object) -> int:
         """Blacklist every listed contact, or none when one id is wrong."""
@@ -589,17 +816,64 @@ class SmsendState:
             if unknown:
                 raise _invalid(f"contact {unknown[0]!r} not found", E_UNKNOWN_CONTACT)
             phones = [self._blacklistable(self.contacts[cid]) for cid in body]
-            self.blacklist.update(dict.fromkeys(phones))
+            for phone in phones:
+                self._blacklist(phone, "API")
             return len(body)
 
     def blacklist_number(self, raw: str | None) -> None:
+        """``POST /contacts/add_to_blacklist?phoneNumber=``: any number the contact API takes."""
         with self._lock:
             if not raw:
                 raise _invalid("phoneNumber: required")
             try:
-                self.blacklist[normalise_phone(raw)] = None
+                phone = normalise_phone(raw)
             except ValueError as exc:
                 raise _invalid(f"phoneNumber: {exc}") from None
+            self._blacklist(phone, "API")
+
+    def blacklist_prefixed(self, raw: str | None) -> None:
+        """``POST /blacklist/sms?phoneNumber=``: ``+…`` or ``00…`` only, else 400 "Invalid recipient"."""
+        with self._lock:
+            self._blacklist(_prefixed_phone(raw, INVALID_RECIPIENT), "API")
+
+    def blacklist_numbers(self, body: object) -> int:
+        """``POST /blacklist/smsbatch``: every number, or none when one is badly formatted."""
+        with self._lock:
+            if not isinstance(body, list):
+                raise _invalid(BAD_NUMBERS, E_INVALID_RECIPIENT)
+            phones = list(dict.fromkeys(_prefixed_phone(raw, BAD_NUMBERS) for raw in body))
+            for phone in phones:
+                self._blacklist(phone, "API")
+            return len(phones)
+
+    def play_stop(self, phone: str, *, at: float | str | None = None) -> BlacklistEntry:
+        """The person replied STOP to an SMS (the Stop SMS service): origin ``STOPSMS``."""
+        return self._hook_entry(phone, "STOPSMS", at)
+
+    def blacklist_from_web(self, phone: str, *, at: float | str | None = None) -> BlacklistEntry:
+        """Someone blacklisted the number in smsend's web interface: origin ``WEB``."""
+        return self._hook_entry(phone, "WEB", at)
+
+    def _hook_entry(self, phone: str, origin: str, at: float | str | None) -> BlacklistEntry:
+        with self._lock:
+            self._blacklist(normalise_phone(phone), origin, at=_epoch(at))
+            return self.blacklist[normalise_phone(phone)]
+
+    def _blacklist(self, phone: str, origin: str, *, at: float | None = None) -> None:
+        """Add ``phone`` once; ``at`` defaults to now, never earlier than the previous default insert."""
+        if phone in self.blacklist:
+            return
+        if at is None:
+            at = self._last_insert = max(self.wall_clock(), self._last_insert)
+        self.blacklist[phone] = BlacklistEntry(phone, origin, at, len(self.blacklist))
+
+    def blacklist_page(self, query: BlacklistQuery) -> tuple[list[BlacklistEntry], int]:
+        """The entries matching ``query`` on its page, oldest first, and how many match in all."""
+        with self._lock:
+            matching = sorted((e for e in self.blacklist.values() if query.matches(e)),
+                              key=lambda e: (e.inserted, e.sequence))
+        start = (query.page_number - 1) * query.page_size
+        return matching[start : start + query.page_size], len(matching)
 
     @staticmethod
     def _blacklistable(contact: SmsendContact) -> str:
@@ -611,8 +885,18 @@ class SmsendState:
 
     @property
     def admin_actions(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
-        """``lock`` (body ``{"locked": bool}``, default true) and ``expire_sessions``."""
-        return {"lock": self._admin_lock, "expire_sessions": lambda body: self.expire_sessions()}
+        """``lock`` (body ``{"locked": bool}``, default true), ``expire_sessions``,
+        ``create_campaign`` (``{"name"}``, answers its id), ``stop_sms`` and ``web_blacklist``
+        (``{"phoneNumber", "at"?}``, ``at`` in epoch seconds or ``yyyy-MM-dd HH:mm:ss`` UTC).
+        """
+        return {
+            "lock": self._admin_lock,
+            "expire_sessions": lambda body: self.expire_sessions(),
+            "create_campaign": lambda body: self.create_campaign(_admin_text(body, "name")).id,
+            "stop_sms": lambda body: self.play_stop(_admin_text(body, "phoneNumber"), at=body.get("at")).phone,
+            "web_blacklist": lambda body: self.blacklist_from_web(_admin_text(body, "phoneNumber"),
+                                                                  at=body.get("at")).phone,
+        }
 
     def _admin_lock(self, body: Mapping[str, Any]) -> bool:
         locked = body.get("locked", True)
@@ -637,6 +921,9 @@ class SmsendState:
                 "contacts": [c.as_json() for c in self.contacts.values()],
                 "memberships": sorted((gid, cid) for gid, g in self.groups.items() for cid in g.members),
                 "blacklist": sorted(self.blacklist),
+                "blacklist_entries": [e.as_json(ZoneInfo("UTC")) for e in self.blacklist.values()],
+                "campaigns": [{"id": c.id, "name": c.name, "active": c.active, "subscribers": list(c.subscribers)}
+                              for c in self.campaigns.values()],
                 "locked": self.locked,
             }
 
@@ -787,6 +1074,30 @@ class _Api:
         self.state.blacklist_number(request.query_params.get("phoneNumber"))
         return JSONResponse(True)
 
+    async def register_to_list(self, request: Request) -> Response:
+        _bool_param(request, "SendOptIn")  # accepted and checked; no e-mail is simulated
+        contact = self.state.register_to_campaign(request.path_params["campaign_id"], await _json_body(request))
+        return _empty(201, f"/contact/{contact.id}")
+
+    # the SMS blacklist API
+
+    async def list_blacklist(self, request: Request) -> Response:
+        query = BlacklistQuery.parse(request.query_params)
+        entries, total = self.state.blacklist_page(query)
+        return JSONResponse({"blacklist": [e.as_json(query.zone) for e in entries], "pageNumber": query.page_number,
+                             "pageSize": query.page_size, "Total": total})
+
+    async def add_to_blacklist(self, request: Request) -> Response:
+        self.state.blacklist_prefixed(request.query_params.get("phoneNumber"))
+        return JSONResponse(True)
+
+    async def add_batch_to_blacklist(self, request: Request) -> Response:
+        try:
+            body = await _json_body(request)
+        except ApiError:
+            raise _invalid(BAD_NUMBERS, E_INVALID_RECIPIENT) from None
+        return JSONResponse(self.state.blacklist_numbers(body))
+
     # wiring
 
     def authed(self, handler: Handler) -> Handler:
@@ -813,6 +1124,9 @@ class _Api:
             Route("/contact/add_to_blacklist/{contact_id}", a(self.blacklist_contact), methods=["POST"]),
             Route("/contact/{contact_id}", a(self.get_contact), methods=["GET"]),
             Route("/contacts/add_to_blacklist", a(self.blacklist_number), methods=["POST"]),
+            Route("/list/{campaign_id}/contact", a(self.register_to_list), methods=["POST"]),
+            _route_by_method("/blacklist/sms", GET=a(self.list_blacklist), POST=a(self.add_to_blacklist)),
+            Route("/blacklist/smsbatch", a(self.add_batch_to_blacklist), methods=["POST"]),
         ]
 
 

@@ -21,7 +21,7 @@ import structlog
 
 from syncd.db.repo import LogEntry, Store
 from syncd.errors import AuthError, ProviderError, QuotaExhausted, Rejected
-from syncd.model import ContactWrite, RemoteContact, RemoteGroup, WriteOutcome, fingerprint
+from syncd.model import NOTHING_KEPT, ContactWrite, RemoteContact, RemoteGroup, WriteOutcome, fingerprint
 from syncd.providers.base import Provider
 from syncd.sync.plan import Action, Direction, Entity, Operation, push_order
 from syncd.sync.reconcile import BaseRecord
@@ -62,6 +62,7 @@ class Pusher:
     fence: Callable[[], None] = lambda: None
     stopping: Callable[[], bool] = lambda: False
     stopped_by: ProviderError | None = None
+    mirror_groups: dict[str, RemoteGroup] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -168,7 +169,9 @@ class Pusher:
         if op.action is Action.CREATE:
             return await self.provider.create_group(after.get("name", ""), after.get("description", ""))
         if op.action is Action.UPDATE:
-            await self.provider.update_group(op.remote_id, after.get("name", ""), after.get("description", ""))
+            current = self.mirror_groups.get(op.remote_id or "")
+            kept = current.kept if current is not None else NOTHING_KEPT  # resent: a SendHub edit replaces the group
+            await self.provider.update_group(op.remote_id, after.get("name", ""), after.get("description", ""), kept)
         else:
             await self.provider.delete_group(op.remote_id)
         return op.remote_id
@@ -185,7 +188,10 @@ class Pusher:
             groups |= {g for g in current.groups if g not in linked_remote}
         opted_out = bool(fields.pop("opted_out", False))
         return ContactWrite(ref=op.canonical_id or 0, phone=op.key, fields=fields, groups=frozenset(groups),
-                            remote_id=op.remote_id, opted_out=opted_out)
+                            remote_id=op.remote_id, opted_out=opted_out,
+                            kept=current.kept if current is not None else NOTHING_KEPT,
+                            # a membership to take away: only a write that replaces the contact's groups can
+                            replace_groups=current is not None and not current.groups <= groups)
 
     async def _contacts_create(self, ops: list[Operation]) -> None:
         await self._batched(ops, self.provider.create_contacts)

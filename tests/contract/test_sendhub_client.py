@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import traceback
+from typing import Any
 
+import httpx
 import pytest
 import structlog
 
-from syncd.errors import AuthError, NotFound, ProtocolError, Rejected, TransientError
+from syncd.errors import AuthError, NotFound, ProtocolError, Rejected, TransientError, Unsupported
+from syncd.model import ContactWrite
+from syncd.providers import build_provider
+from syncd.providers.base import Provider
 from syncd.providers.http import RetryPolicy
+from syncd.simulators import SimulatorServer
+from tests.contract.conftest import FAST_RETRY, settings_for
 from tests.contract.test_contract import counted, flatten, listed_groups, person, write
 
 pytestmark = pytest.mark.anyio
@@ -165,3 +173,133 @@ async def test_the_api_key_never_reaches_logs_or_error_text(simulator, connect, 
     assert "HTTP Request" in caplog.text, "httpx's request lines were not captured"
     texts = [repr(events), caplog.text] + ["".join(traceback.format_exception(e)) for e in errors]
     assert all(api_key not in text for text in texts)
+
+
+# -- replace-style writes keep what syncd does not own (issue 10) --------------------------------
+
+
+async def test_a_group_rename_keeps_its_text_to_join_keyword_and_reply(env):
+    provider, server = env
+    group = server.state.add_group("Clients", slug="joincustomers", text_to_subscribe=True, join_message="Welcome!")
+    [pulled] = await flatten(provider.groups())
+    assert pulled.kept == {"slug": "joincustomers", "text_to_subscribe": True, "ttjResponse": "Welcome!"}
+
+    await provider.update_group(group.id, "Customers", "", kept=pulled.kept)
+
+    stored = server.state.groups[group.id]
+    assert (stored.name, stored.slug, stored.text_to_subscribe, stored.join_message) == (
+        "Customers", "joincustomers", True, "Welcome!")
+    await provider.update_group(group.id, "Customers", "")  # what the client sent before issue 10
+    assert (stored.slug, stored.text_to_subscribe) == ("customers", False), "the simulator's PUT is a replace"
+
+
+async def test_a_contact_put_keeps_screened_keyword_custom_fields_and_groups(env):
+    provider, server = env
+    team = server.state.add_group("Team").id
+    server.state.add_contact("Ann Lee", "+14152000042", groups=[team], screened=True, keyword="annie",
+                             city="Boston", **{"member-since": "2019"})
+    [pulled] = await flatten(provider.contacts())
+    assert pulled.kept == {"screened": True, "keyword": "annie"}
+
+    fields = {**pulled.fields, "name": "Ann B. Lee"}
+    update = ContactWrite(ref=1, phone=pulled.phone, fields=fields, groups=pulled.groups, remote_id=pulled.remote_id,
+                          kept=pulled.kept)
+    [outcome] = await provider.update_contacts([update])
+
+    assert outcome.ok, outcome.error
+    stored = server.state.contacts[pulled.remote_id]
+    assert (stored.name, stored.screened, stored.keyword, stored.groups) == ("Ann B. Lee", True, "annie", {team})
+    assert stored.extra == {"city": "Boston", "member-since": "2019"}
+
+
+# -- deleted records, 409, request bodies and paths (issue 14) ----------------------------------------
+
+
+async def test_contacts_and_groups_flagged_deleted_are_absent_from_listings_and_lookups(env):
+    provider, server = env
+    kept_group, gone_group = (server.state.add_group(name).id for name in ("Kept", "Gone"))
+    ann = server.state.add_contact("Ann", "+14152000001", groups=[kept_group])
+    bob = server.state.add_contact("Bob", "+14152000002")
+    server.state.mark_deleted(bob.id)
+    server.state.mark_group_deleted(gone_group)
+
+    assert [c.remote_id for c in await flatten(provider.contacts())] == [ann.id]
+    assert await listed_groups(provider) == {kept_group: "Kept"}
+    assert await provider.find_contact("+14152000002") is None
+    raw = server.state.snapshot()
+    assert sum(1 for c in raw["contacts"] if c.get("deleted")) == 1, "the simulator did list the deleted contact"
+
+
+async def test_a_409_try_again_later_is_retried_until_it_passes(env):
+    provider, server = env
+    server.state.busy_next = 2
+    group = await provider.create_group("Busy Day", "")
+    assert await counted(server, "POST /v1/groups", 3) == 3
+    assert [status for method, _, status in server.request_log if method == "POST"] == [409, 409, 201]
+    assert await listed_groups(provider) == {group: "Busy Day"}
+
+
+class BodyRecorder(httpx.AsyncHTTPTransport):
+    """Real HTTP, keeping each request's method, path and JSON body."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[tuple[str, str, Any]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else None
+        self.sent.append((request.method, request.url.path, body))
+        return await super().handle_async_request(request)
+
+
+def _keys(value: Any) -> set[str]:
+    """Every object key anywhere in a JSON value."""
+    if isinstance(value, dict):
+        return set(value) | {key for item in value.values() for key in _keys(item)}
+    if isinstance(value, list):
+        return {key for item in value for key in _keys(item)}
+    return set()
+
+
+async def _every_write(provider: Provider, server: SimulatorServer) -> None:
+    """One of each request syncd sends SendHub, around a contact that opted out at SendHub."""
+    blocked = server.state.add_contact("Opted Out", "+14152000009", blocked=True, screened=True)
+    group = await provider.create_group("All Writes", "")
+    [pulled_group] = [g for g in await flatten(provider.groups()) if g.remote_id == group]
+    await provider.update_group(group, "All Writes Renamed", "", kept=pulled_group.kept)
+    # What a careless engine might hand over: "blocked" among the fields and the kept values.
+    careless = {"blocked": True, "number": "+14152000010", "name": "New Person"}
+    [created] = await provider.create_contacts([ContactWrite(1, "+14152000010", careless, frozenset({group}),
+                                                             kept={"blocked": True})])
+    [pulled] = [c for c in await flatten(provider.contacts()) if c.remote_id == blocked.id]
+    update = ContactWrite(2, pulled.phone, {**pulled.fields, "blocked": False}, pulled.groups, pulled.remote_id,
+                          opted_out=True, kept={**pulled.kept, "blocked": False})
+    assert [o.ok for o in await provider.update_contacts([update])] == [True]
+    await provider.change_members(group, add=[blocked.id], remove=[created.remote_id or ""])
+    await provider.find_contact("+14152000009")
+    assert [o.ok for o in await provider.delete_contacts([ContactWrite(1, "+14152000010", {}, remote_id=created.remote_id)])] == [True]
+    await provider.delete_group(group)
+
+
+async def test_blocked_is_never_sent_and_every_path_has_its_trailing_slash(simulator):
+    server = simulator()
+    recorder = BodyRecorder()
+    provider = build_provider(settings_for(server), default_region="US", retry=FAST_RETRY, transport=recorder)
+    try:
+        await _every_write(provider, server)
+    finally:
+        await provider.aclose()
+
+    assert {method for method, _, _ in recorder.sent} == {"GET", "POST", "PUT", "DELETE"}
+    assert len([body for _, _, body in recorder.sent if body is not None]) >= 6
+    assert all("blocked" not in _keys(body) for _, _, body in recorder.sent), recorder.sent
+    assert all(path.endswith("/") for _, path, _ in recorder.sent), [p for _, p, _ in recorder.sent]
+    assert server.state.find("+14152000009").blocked is True and server.state.find("+14152000009").screened is True
+
+
+async def test_sendhub_lists_no_opt_outs_of_their_own(env):
+    provider, server = env
+    assert provider.capabilities.list_opt_outs is False
+    with pytest.raises(Unsupported, match="come with the contacts as 'blocked'"):
+        provider.opt_outs()
+    assert server.request_counts() == {}

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import anyio
 import httpx
@@ -14,7 +17,7 @@ from structlog.testing import capture_logs
 
 from syncd.config import ProviderSettings, Secret
 from syncd.errors import AuthError, ProtocolError, Rejected, TransientError, UnknownOutcome, Unsupported
-from syncd.model import ContactWrite
+from syncd.model import ContactWrite, OptOut
 from syncd.providers import build_provider
 from syncd.providers.http import RetryPolicy
 from syncd.providers.smsend import TEMP_GROUP_PREFIX, SmsendProvider
@@ -382,7 +385,7 @@ async def test_a_contact_that_existed_before_is_updated_not_duplicated(sim: Simu
     assert contact.id == existing.id
     assert contact.fields["name"] == "New"
     assert contact.fields["email"] == "" and contact.fields["zip"] == ""  # fields syncd left empty are cleared
-    assert list(contact.groups) == [new_group]  # groups set exactly
+    assert list(contact.groups) == [old_group, new_group]  # its group at smsend stays (syncd cannot see it)
 
 
 async def test_an_invalid_contact_is_rejected_and_the_rest_written(sim: SimulatorServer) -> None:
@@ -523,3 +526,190 @@ async def test_what_smsend_cannot_do_is_unsupported(sim: SimulatorServer) -> Non
             await provider.change_members("g", ["+393400001000"], [])
         assert await provider.find_contact(PHONES[0]) is None
     assert sim.request_counts() == {}
+
+
+# --- what a write keeps (issue 10) ----------------------------------------------
+
+
+class BodyRecorder(httpx.AsyncHTTPTransport):
+    """Real HTTP, keeping each request's method, path and JSON body."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[tuple[str, str, object]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else None
+        self.sent.append((request.method, request.url.path.removeprefix("/API/v1.0/REST"), body))
+        return await super().handle_async_request(request)
+
+
+async def test_a_group_put_sends_name_and_description_and_keeps_the_members(sim: SimulatorServer) -> None:
+    recorder = BodyRecorder()
+    async with client(sim, transport=recorder) as provider:
+        group_id = await provider.create_group("Clienti", "all of them")
+        await provider.create_contacts(writes(2, groups=frozenset({group_id})))
+        outsider = sim.state.load_contact({"phoneNumber": "+393409999999", "name": "Made in smsend"})
+        sim.state.add_member(group_id, outsider.id)  # a membership syncd never sees
+        await provider.update_group(group_id, "Clienti VIP", "the best", kept={"slug": "ignored"})
+    group = sim.state.groups[group_id]
+    assert (group.name, group.description) == ("Clienti VIP", "the best")
+    assert len(group.members) == 3
+    [put] = [body for method, path, body in recorder.sent if method == "PUT"]
+    assert put == {"name": "Clienti VIP", "description": "the best"}, "everything an smsend group holds, nothing else"
+
+
+def _subscribed_contact(sim: SimulatorServer, phone: str) -> tuple[str, str, str]:
+    """A contact that signed up to a campaign and was put in a group in smsend's own interface:
+    ``(contact id, campaign id, that group's id)``."""
+    campaign = sim.state.create_campaign("Newsletter")
+    unseen = sim.state.create_group("Made in smsend", "").id
+    contact = sim.state.register_to_campaign(campaign.id, {"phoneNumber": phone, "email": "anna@example.com"})
+    sim.state.add_member(unseen, contact.id)
+    return contact.id, campaign.id, unseen
+
+
+async def test_an_upsert_keeps_campaign_subscriptions_and_memberships_syncd_cannot_see(sim: SimulatorServer) -> None:
+    contact_id, campaign, unseen = _subscribed_contact(sim, PHONES[0])
+    async with client(sim) as provider:
+        synced = await provider.create_group("Clienti", "")
+        [outcome] = await provider.update_contacts([ContactWrite(ref=1, phone=PHONES[0], groups=frozenset({synced}),
+                                                                 fields={"name": "Anna", "email": "anna@example.com"})])
+    assert outcome.ok and outcome.remote_id == PHONES[0]
+    contact = sim.state.contacts[contact_id]
+    assert contact.fields["name"] == "Anna" and len(sim.state.contacts) == 1
+    assert list(contact.campaigns) == [campaign]
+    assert set(contact.groups) == {unseen, synced}
+
+
+async def test_a_write_that_leaves_a_group_replaces_the_groups_and_says_what_it_cost(sim: SimulatorServer) -> None:
+    contact_id, _, unseen = _subscribed_contact(sim, PHONES[0])
+    async with client(sim) as provider:
+        stay, leave = [await provider.create_group(name, "") for name in ("Stay", "Leave")]
+        await provider.create_contacts([ContactWrite(ref=1, phone=PHONES[0], fields={}, groups=frozenset({stay, leave}))])
+        assert set(sim.state.contacts[contact_id].groups) == {unseen, stay, leave}
+        [outcome] = await provider.update_contacts([ContactWrite(ref=1, phone=PHONES[0], fields={},
+                                                                 groups=frozenset({stay}), replace_groups=True)])
+    assert outcome.ok and "groups replaced" in outcome.note and "campaign" in outcome.note
+    contact = sim.state.contacts[contact_id]
+    assert list(contact.groups) == [stay] and contact.campaigns == {}  # the documented, unavoidable loss
+
+
+async def test_writes_that_replace_groups_go_in_batches_of_their_own(sim: SimulatorServer) -> None:
+    recorder = BodyRecorder()
+    batch = writes(5)
+    batch[1] = ContactWrite(ref=1, phone=PHONES[1], fields={"name": "Leaves"}, replace_groups=True)
+    batch[3] = ContactWrite(ref=3, phone=PHONES[3], fields={"name": "Leaves too"}, replace_groups=True)
+    async with client(sim, transport=recorder) as provider:
+        outcomes = await provider.update_contacts(batch)
+    assert all(o.ok for o in outcomes) and [o.remote_id for o in outcomes] == PHONES[:5]
+    upserts = [body for method, path, body in recorder.sent if (method, path) == ("POST", "/contact")]
+    assert sorted((b["keepExistingGroupsAndCampaigns"], [c["phoneNumber"] for c in b["contacts"]]) for b in upserts) == [
+        (False, [PHONES[1], PHONES[3]]), (True, [PHONES[0], PHONES[2], PHONES[4]])]
+    assert all(b["updateExistingContact"] is True for b in upserts)
+
+
+# --- opt-outs read from the SMS blacklist (issue 14) -------------------------------
+
+
+def at(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+
+
+async def all_opt_outs(provider: SmsendProvider, since: datetime | None = None) -> list[OptOut]:
+    return [entry async for page in provider.opt_outs(since) for entry in page]
+
+
+async def test_a_stop_reply_and_a_web_entry_are_read_back_with_their_origin_and_time(sim: SimulatorServer) -> None:
+    sim.state.play_stop("+393401112222", at="2026-03-01 10:00:00")
+    sim.state.blacklist_from_web("00447400123456", at="2026-03-01 10:05:00")
+    async with client(sim) as provider:
+        assert provider.capabilities.list_opt_outs
+        await provider.update_contacts([ContactWrite(ref=1, phone=PHONES[0], fields={}, opted_out=True)])
+        sim.state.wall_clock = lambda: at("2026-03-01 11:00:00").timestamp()
+        listed = await all_opt_outs(provider)
+    assert listed[:2] == [OptOut("+393401112222", "STOPSMS", at("2026-03-01 10:00:00")),
+                          OptOut("+447400123456", "WEB", at("2026-03-01 10:05:00"))]
+    assert [(o.phone, o.origin) for o in listed[2:]] == [(PHONES[0], "API")]
+
+
+async def test_since_reads_only_what_came_at_or_after_it_whatever_its_zone(sim: SimulatorServer) -> None:
+    for n, hour in enumerate((9, 10, 11, 12)):
+        sim.state.play_stop(f"+3934000000{n}0", at=f"2026-03-01 {hour:02d}:00:00")
+    rome = ZoneInfo("Europe/Rome")
+    async with client(sim) as provider:
+        since_utc = await all_opt_outs(provider, at("2026-03-01 11:00:00"))
+        since_rome = await all_opt_outs(provider, datetime(2026, 3, 1, 12, 0, 0, tzinfo=rome))  # 11:00 UTC
+        since_naive = await all_opt_outs(provider, datetime(2026, 3, 1, 11, 0, 0, 500))  # naive: UTC
+    expected = ["+393400000020", "+393400000030"]
+    assert [o.phone for o in since_utc] == [o.phone for o in since_rome] == [o.phone for o in since_naive] == expected
+
+
+async def test_the_blacklist_is_read_across_pages(make_sim) -> None:
+    sim = make_sim()
+    for n in range(250):
+        sim.state.play_stop(f"+39340{n:07d}", at=1_772_000_000 + n)
+    async with client(sim) as provider:
+        pages = [page async for page in provider.opt_outs()]
+    assert [len(page) for page in pages] == [100, 100, 50]
+    assert [o.phone for page in pages for o in page] == [f"+39340{n:07d}" for n in range(250)]
+    assert await count(sim, "GET /API/v1.0/REST/blacklist/sms", 3) == 3
+
+
+async def test_an_empty_blacklist_is_read_as_empty_in_one_request(sim: SimulatorServer) -> None:
+    async with client(sim) as provider:
+        assert await all_opt_outs(provider) == []
+    assert await count(sim, "GET /API/v1.0/REST/blacklist/sms", 1) == 1
+
+
+async def test_a_malformed_blacklist_answer_is_a_protocol_error_never_nobody_opted_out(sim: SimulatorServer) -> None:
+    sim.state.play_stop("+393401112222")
+    sim.faults.malformed_next = 1
+    async with client(sim) as provider:
+        with pytest.raises(ProtocolError) as caught:
+            await all_opt_outs(provider)
+    assert "smsend-test" in str(caught.value) and "GET /API/v1.0/REST/blacklist/sms" in str(caught.value)
+
+
+class RewriteBlacklist:
+    """ASGI wrapper: the simulator's blacklist answer, rewritten by ``change`` (a server of another shape)."""
+
+    def __init__(self, app, change) -> None:
+        self.app, self.change = app, change
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not scope["path"].endswith("/blacklist/sms") or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        parts: list[bytes] = []
+
+        async def capture(message) -> None:
+            if message["type"] == "http.response.body":
+                parts.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    body = json.dumps(self.change(json.loads(b"".join(parts)))).encode()
+                    await send({"type": "http.response.start", "status": 200,
+                                "headers": [(b"content-type", b"application/json"),
+                                            (b"content-length", str(len(body)).encode())]})
+                    await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, capture)
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    (lambda b: {"numbers": b["blacklist"], "Total": b["Total"]}, "'blacklist' is missing"),
+    (lambda b: b["blacklist"], "expected a JSON object"),
+    (lambda b: {**b, "Total": "1"}, "'Total' is missing or not a count"),
+    (lambda b: {**b, "blacklist": [{"number": "+393401112222", "origin": "STOPSMS"}]}, "no 'phoneNumber'"),
+    (lambda b: {**b, "blacklist": [{**b["blacklist"][0], "insertDate": "2026-03-01T10:00:00Z"}]}, "'insertDate'"),
+    (lambda b: {**b, "blacklist": [], "Total": 1}, "ends after 0 entries but Total is 1"),
+    (lambda b: {**b, "pageNumber": 2}, "answered page 2"),
+], ids=["renamed list", "bare list", "Total as text", "entry renamed", "ISO date", "short of Total", "wrong page"])
+async def test_a_blacklist_answer_of_another_shape_is_a_protocol_error(sim: SimulatorServer, change, problem) -> None:
+    sim.state.play_stop("+393401112222")
+    sim.middleware.app = RewriteBlacklist(sim.middleware.app, change)
+    async with client(sim) as provider:
+        with pytest.raises(ProtocolError, match="unreadable") as caught:
+            await all_opt_outs(provider)
+    text = str(caught.value)
+    assert "smsend-test: list opt-outs" in text and "GET /blacklist/sms" in text and problem in text

@@ -130,3 +130,32 @@ def test_number_changed_on_both_sides_is_a_field_conflict(world: World):
     assert NEW in book(world) and world.sendhub.state.find(NEW).id == contact_id
     assert "+16502538888" not in smsend_by_phone(world) and NEW in smsend_by_phone(world)
     assert_in_step(world)
+
+
+def test_group_renamed_in_the_book_keeps_its_sendhub_keyword_and_text_to_join(world: World):
+    """SendHub's group edit replaces the group: a rename must resend what syncd does not own."""
+    group = world.sendhub.state.add_group("Customers", slug="joincustomers", text_to_subscribe=True,
+                                          join_message="Welcome aboard")
+    world.sync()
+    world.sql("UPDATE groups SET name = 'Clients' WHERE name = 'Customers'")
+
+    assert world.sync().status == "ok"
+    [renamed] = world.sendhub.state.snapshot()["groups"]
+    assert renamed["id"] == group.id and renamed["name"] == "Clients"
+    assert (renamed["slug"], renamed["text_to_subscribe"], renamed["ttjResponse"]) == (
+        "joincustomers", True, "Welcome aboard")
+    assert_in_step(world)
+
+
+def test_group_removed_from_a_contact_at_smsend_while_its_other_groups_stay(world: World):
+    """smsend's upsert adds groups unless told to replace them: a removal must replace, an edit must not."""
+    world.sql("INSERT INTO groups (name) VALUES ('A'), ('B')")
+    world.sql("INSERT INTO contacts (phone, name) VALUES (:p, 'Both')", p=OLD)
+    world.sql("INSERT INTO group_members (group_id, contact_id) SELECT g.id, c.id FROM groups g, contacts c")
+    world.sync()
+    world.sql("DELETE FROM group_members WHERE group_id = (SELECT id FROM groups WHERE name = 'A')")
+
+    assert world.sync().status == "ok"
+    by_name = {g["id"]: g["name"] for g in world.smsend.state.snapshot()["groups"]}
+    assert [by_name[g] for g in smsend_by_phone(world)[OLD]["groupIds"]] == ["B"]
+    assert_in_step(world)

@@ -93,6 +93,7 @@ class Recording:
     smsend_upserted: Reply
     smsend_deleted_group: Reply
     smsend_login: Reply
+    smsend_blacklist_pages: list[Reply]
 
 
 #: Contacts and groups of the recorded SendHub listings, and its page size (a server capping ``limit``).
@@ -141,9 +142,18 @@ def _record_smsend() -> dict[str, Any]:
             deleted = http.delete(f"/group/{group_id}", params={"deletecontacts": "false"})
             login = http.get("/login", params={"username": creds["username"], "password": creds["password"]},
                              headers={"user_key": "", "Access_token": ""})
+            # Two STOP replies, a web entry and two numbers syncd blacklisted itself: every origin.
+            sim.state.play_stop("+393400000000", at="2026-03-01 10:00:00")
+            sim.state.play_stop("+393400000001", at="2026-03-01 10:01:00")
+            sim.state.blacklist_from_web("+393400000002", at="2026-03-01 10:02:00")
+            sim.state.wall_clock = lambda: 1_772_360_000.0  # 2026-03-01 10:13:20 UTC: a recording that never varies
+            for phone in ("+393400000003", "+393400000004"):
+                http.post("/blacklist/sms", params={"phoneNumber": phone})
+            blacklist = [Reply.of(http.get("/blacklist/sms", params={"pageNumber": n, "pageSize": PAGE,
+                                                                     "timezone": "UTC"})) for n in (1, 2, 3)]
         return dict(smsend_credentials=dict(creds), smsend_group_pages=pages, smsend_created_group=Reply.of(created[0]),
                     smsend_upserted=Reply.of(upserted), smsend_deleted_group=Reply.of(deleted),
-                    smsend_login=Reply.of(login))
+                    smsend_login=Reply.of(login), smsend_blacklist_pages=blacklist)
 
 
 @pytest.fixture(scope="session")
@@ -154,6 +164,7 @@ def recording() -> Recording:
     assert rec.sendhub_duplicate_number.status == 400 and rec.sendhub_duplicate_group.status == 400
     assert rec.smsend_created_group.status == 201 and b"location" in dict(rec.smsend_created_group.headers)
     assert rec.smsend_login.status == 200 and b";" in rec.smsend_login.body
+    assert [len(r.json()["blacklist"]) for r in rec.smsend_blacklist_pages] == [2, 2, 1]
     return rec
 
 

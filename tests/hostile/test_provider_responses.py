@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from syncd.errors import ProtocolError, ProviderError
-from syncd.model import ContactWrite, RemoteContact, RemoteGroup
+from syncd.model import ContactWrite, OptOut, RemoteContact, RemoteGroup
 from syncd.providers import build_provider
 from syncd.providers.base import MembershipOutcome
 from syncd.providers.http import RetryPolicy
@@ -300,6 +300,14 @@ def assert_group(group: Any) -> None:
     assert_text(group.description)
 
 
+def assert_opt_out(opt_out: Any) -> None:
+    assert isinstance(opt_out, OptOut)
+    assert_text(opt_out.phone)
+    assert_text(opt_out.origin)
+    assert opt_out.origin
+    assert opt_out.at is None or (isinstance(opt_out.at, datetime) and opt_out.at.tzinfo is not None)
+
+
 def assert_complete_listing(pages: list[list[Any]], original_ids: list[str], check: Callable[[Any], None]) -> None:
     """A listing that ended without error holds every record once: as many as the provider has, at most one changed."""
     items = [item for page in pages for item in page]
@@ -348,6 +356,24 @@ def _smsend_groups_ok(pages: Any, rec: Recording, replay: Replay) -> None:
     assert_complete_listing(pages, _ids(rec.smsend_group_pages, "groups", "id_group"), assert_group)
 
 
+def _smsend_opt_outs_ok(pages: Any, rec: Recording, replay: Replay) -> None:
+    """Every entry, each once, at most one of them changed; never fewer than the blacklist holds.
+
+    The one exception cannot be told from the truth: a first page whose ``Total``
+    says it holds all there is (what a server with that few entries answers).
+    """
+    items = [entry for page in pages for entry in page]
+    for entry in items:
+        assert_opt_out(entry)
+    original = [e["phoneNumber"] for page in rec.smsend_blacklist_pages for e in page.json()["blacklist"]]
+    first = _json_doc(replay.routes[SM_BLACKLIST][0])
+    if isinstance(first, dict) and first.get("Total") == len(items) < len(original):
+        assert [entry.phone for entry in items] == original[: len(items)]
+        return
+    assert len(items) == len(original), f"a blacklist of {len(original)} read as {len(items)} and no error"
+    assert len({entry.phone for entry in items} & set(original)) >= len(original) - 1, (items, original)
+
+
 def _outcomes_ok(provider: str, endpoint: str, secrets: Callable[[Recording], tuple[str, ...]]):
     def check(outcomes: Any, rec: Recording, replay: Replay) -> None:
         assert isinstance(outcomes, list) and len(outcomes) == 1
@@ -388,6 +414,7 @@ LISTED = r"/contacts/"
 SH_CONTACTS, SH_GROUPS = ("GET", r"/contacts/"), ("GET", r"/groups/")
 SH_CREATE, SH_CREATE_GROUP = ("POST", r"/contacts/"), ("POST", r"/groups/")
 SM_GROUPS, SM_CREATE_GROUP, SM_LOGIN = ("GET", r"/groups"), ("POST", r"/group"), ("GET", r"/login")
+SM_BLACKLIST = ("GET", r"/blacklist/sms")
 
 TARGETS = [
     Target("sendhub list contacts", "sendhub", "/contacts/",
@@ -431,6 +458,9 @@ TARGETS = [
            lambda r: {("POST", r"/contact"): [r.smsend_upserted]}, ("POST", r"/contact"),
            lambda p, res: p.update_contacts([ContactWrite(1, ANN.phone, {"name": "Ann"})]),
            _outcomes_ok("hostile-smsend", "/contact", _smsend_secrets)),
+    Target("smsend list opt-outs", "smsend", "/blacklist/sms",
+           lambda r: {SM_BLACKLIST: r.smsend_blacklist_pages}, SM_BLACKLIST,
+           lambda p, res: drain(p.opt_outs(), res), _smsend_opt_outs_ok, pages=3),
 ]
 
 
@@ -599,7 +629,7 @@ class Listing:
     """A listing as a server holds it, served by offset (SendHub) or page number (smsend), with one twist."""
 
     provider: str  # sendhub | smsend
-    path: str  # /contacts/, /groups/ or /groups
+    path: str  # /contacts/, /groups/, /groups or /blacklist/sms
     items: list[dict[str, Any]]
     template: dict[str, Any]  # a real first page: its meta and keys
     twist: Callable[[Listing, int, dict[str, Any]], dict[str, Any]]
@@ -608,11 +638,11 @@ class Listing:
 
     @property
     def objects_key(self) -> str:
-        return "objects" if self.provider == "sendhub" else "groups"
+        return "objects" if self.provider == "sendhub" else "blacklist" if self.path == "/blacklist/sms" else "groups"
 
     @property
     def id_key(self) -> str:
-        return "id" if self.provider == "sendhub" else "id_group"
+        return "id" if self.provider == "sendhub" else "phoneNumber" if self.path == "/blacklist/sms" else "id_group"
 
     def ids(self) -> list[str]:
         return [str(item[self.id_key]) for item in self.items]
@@ -624,7 +654,7 @@ class Listing:
             start = (int(request.url.params["pageNumber"]) - 1) * PAGE
         items = copy.deepcopy(self.items[start:start + PAGE])
         if self.provider == "smsend":
-            return {"groups": items, "pageNumber": start // PAGE + 1, "pageSize": PAGE, "Total": len(self.items)}
+            return {self.objects_key: items, "pageNumber": start // PAGE + 1, "pageSize": PAGE, "Total": len(self.items)}
         more = start + PAGE < len(self.items)
         link = f"/api/v1{self.path}?limit={PAGE}&offset="
         meta = dict(self.template["meta"], limit=PAGE, offset=start, total_count=len(self.items),
@@ -653,14 +683,14 @@ def _total(page: dict[str, Any], value: Any) -> dict[str, Any]:
 
 
 def _objects(page: dict[str, Any]) -> list[Any]:
-    return page["objects"] if "objects" in page else page["groups"]
+    return next(page[key] for key in ("objects", "groups", "blacklist") if key in page)
 
 
 def _fresh_item(listing: Listing) -> dict[str, Any]:
     item = copy.deepcopy(listing.items[0])
     number = 990000 + len(listing.items) + listing.served
     item[listing.id_key] = str(number) if listing.provider == "sendhub" else f"new{number}"
-    for key in ("number",):
+    for key in ("number", "phoneNumber"):
         if key in item:
             item[key] = f"+1650555{number % 10000:04d}"
     return item
@@ -731,8 +761,8 @@ def twists(at: int, lie: Any) -> list[Callable[[Listing, int, dict[str, Any]], d
         return page
 
     def page_number_ignored(listing, k, page):
-        if "groups" in page:
-            page["groups"] = copy.deepcopy(listing.items[:PAGE])
+        if "meta" not in page:
+            page[listing.objects_key] = copy.deepcopy(listing.items[:PAGE])
         return page
 
     return [duplicate_within_a_page, duplicate_across_pages, inserted_at_front_while_paging,
@@ -745,6 +775,7 @@ LISTINGS = {
     "sendhub contacts": ("sendhub", "/contacts/", lambda r: r.sendhub_contact_pages, "contacts"),
     "sendhub groups": ("sendhub", "/groups/", lambda r: r.sendhub_group_pages, "groups"),
     "smsend groups": ("smsend", "/groups", lambda r: r.smsend_group_pages, "groups"),
+    "smsend blacklist": ("smsend", "/blacklist/sms", lambda r: r.smsend_blacklist_pages, "opt_outs"),
 }
 
 
@@ -767,7 +798,7 @@ def test_a_listing_that_shifts_or_lies_while_paging_raises_or_is_whole(recording
         PAGES_BEFORE_ERROR[f"{which} (paging)"][result.pages] += 1
         assert name != "next_points_elsewhere", result.error  # harmless: the link is never followed
         return
-    ids = [item.remote_id for page in result.value for item in page]
+    ids = [item.phone if isinstance(item, OptOut) else item.remote_id for page in result.value for item in page]
     assert len(ids) == len(set(ids)), f"{name}: duplicates yielded {ids}"
     first_page_lies = name == "total_lies_on_every_page" or at == 0
     if provider == "smsend" and name.startswith("total_lies") and first_page_lies and lie == PAGE and lie is not True:

@@ -13,7 +13,9 @@ from syncd.simulators.server import SimulatorServer, start_simulator
 from tests.simulators.conftest import FakeClock
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}")
-CONTACT_KEYS = {"blocked", "date_created", "date_modified", "groups", "id", "name", "number", "resource_uri"}
+#: SEED-002's keys, plus SH-NEW's writable ``keyword`` and ``screened`` (a PUT resets them when left out).
+CONTACT_KEYS = {"blocked", "date_created", "date_modified", "groups", "id", "name", "number", "resource_uri",
+                "keyword", "screened"}
 JSON = {"Content-Type": "application/json"}
 
 
@@ -532,3 +534,111 @@ def test_state_helpers_change_data_at_the_provider(
         sendhub.state.add_contact("C", "+16501234567")
     snapshot = sendhub.state.snapshot()
     assert snapshot["contacts"][0]["name"] == "B" and snapshot["groups"] == [] and snapshot["memberships"] == []
+
+
+# -- replace semantics of SendHub-owned attributes (issue 10) ----------------------------------------
+
+
+def test_group_put_is_a_replace_that_keeps_only_what_it_is_sent(sendhub: SimulatorServer, client: httpx.Client) -> None:
+    group = sendhub.state.add_group("Clients", slug="joincustomers", text_to_subscribe=True, join_message="Hi!")
+    kept = {"slug": "joincustomers", "text_to_subscribe": True, "ttjResponse": "Hi!"}
+    renamed = client.put(f"/groups/{group.id}/", json={"id": group.id, "name": "Customers", **kept}).json()
+    assert (renamed["name"], renamed["slug"], renamed["text_to_subscribe"], renamed["ttjResponse"]) == (
+        "Customers", "joincustomers", True, "Hi!")
+
+    bare = client.put(f"/groups/{group.id}/", json={"id": group.id, "name": "Customers"}).json()
+    assert (bare["slug"], bare["text_to_subscribe"], bare["ttjResponse"]) == (
+        "customers", False, "You are now subscribed.")
+
+
+def test_contacts_carry_a_default_keyword_made_unique_and_screened_false(client: httpx.Client) -> None:
+    first = client.post("/contacts/", json={"name": "Bob Parker", "number": "6502000001"}).json()
+    second = client.post("/contacts/", json={"name": "bob smith", "number": "6502000002"}).json()
+    odd = client.post("/contacts/", json={"name": "  Zoë-Ann  Lee", "number": "6502000003"}).json()
+    assert (first["keyword"], second["keyword"], odd["keyword"]) == ("bob", "bob1", "zoann")
+    assert first["screened"] is False and "deleted" not in first
+
+
+def test_keyword_and_screened_are_writable_and_checked(sendhub: SimulatorServer, client: httpx.Client) -> None:
+    body = {"name": "Ann", "number": "6502000001", "keyword": "ann-vip", "screened": True}
+    created = client.post("/contacts/", json=body).json()
+    assert (created["keyword"], created["screened"]) == ("ann-vip", True)
+    assert sendhub.state.contacts[created["id"]].extra == {}, "attributes, not custom fields"
+    taken = client.post("/contacts/", json={"name": "Other", "number": "6502000002", "keyword": "ann-vip"})
+    assert taken.status_code == 400 and taken.json() == {"keyword": ["This keyword is already in use."]}
+    bad = client.post("/contacts/", json={"name": "Other", "number": "6502000002", "screened": "yes"})
+    assert bad.status_code == 400 and list(bad.json()) == ["screened"]
+
+
+def test_contact_put_resets_keyword_and_screened_it_is_not_sent(sendhub: SimulatorServer, client: httpx.Client) -> None:
+    contact = sendhub.state.add_contact("Ann Lee", "6502000001", keyword="annie", screened=True, city="Boston")
+    base = {"id": contact.id, "name": "Ann B. Lee", "number": "6502000001", "city": "Boston"}
+    kept = client.put(f"/contacts/{contact.id}/", json={**base, "keyword": "annie", "screened": True}).json()
+    assert (kept["keyword"], kept["screened"], kept["city"]) == ("annie", True, "Boston")
+    own = client.put(f"/contacts/{contact.id}/", json={**base, "keyword": "annie"}).json()
+    assert own["keyword"] == "annie", "a contact's own keyword is not 'in use'"
+
+    reset = client.put(f"/contacts/{contact.id}/", json=base).json()
+    assert (reset["keyword"], reset["screened"]) == ("ann", False)
+
+
+def test_blocked_in_a_put_body_is_ignored(sendhub: SimulatorServer, client: httpx.Client) -> None:
+    contact = sendhub.state.add_contact("Ann", "6502000001", blocked=True)
+    body = {"id": contact.id, "name": "Ann", "number": "6502000001", "blocked": False}
+    assert client.put(f"/contacts/{contact.id}/", json=body).json()["blocked"] is True
+
+
+# -- deleted records and 409 (issue 14) -----------------------------------------------------------------
+
+
+def test_a_contact_marked_deleted_is_listed_as_deleted_and_absent_elsewhere(
+    sendhub: SimulatorServer, client: httpx.Client
+) -> None:
+    group = sendhub.state.add_group("Staff")
+    gone = sendhub.state.add_contact("Ann", "6502000001", groups=[group.id])
+    sendhub.state.add_contact("Bob", "6502000002", groups=[group.id])
+    sendhub.state.mark_deleted(gone.id)
+
+    listed = client.get("/contacts/").json()
+    assert [(c["id"], c.get("deleted")) for c in listed["objects"]][0] == (gone.id, True)
+    assert listed["meta"]["total_count"] == 2
+    assert client.get(f"/contacts/{gone.id}/").status_code == 404
+    assert client.put(f"/contacts/{gone.id}/", json={"id": gone.id, "name": "A", "number": "6502000001"}
+                      ).status_code == 404
+    assert client.delete(f"/contacts/{gone.id}/").status_code == 404
+    assert [c["name"] for c in client.get(f"/groups/{group.id}/contacts/").json()["objects"]] == ["Bob"]
+    added = client.post(f"/groups/{group.id}/contacts/", json={"add": [gone.id]}).json()
+    assert added["add"] == [] and "is not an id of one of your contacts" in added["errors"]["add"][0]
+    assert client.post("/contacts/", json={"name": "Ann again", "number": "6502000001"}).status_code == 201
+    assert client.get("/contacts/", params={"number": "+16502000001"}).json()["objects"][0]["name"] == "Ann again"
+
+
+def test_a_group_marked_deleted_is_listed_as_deleted_and_absent_elsewhere(
+    sendhub: SimulatorServer, client: httpx.Client, transport: httpx.HTTPTransport
+) -> None:
+    group = sendhub.state.add_group("Staff")
+    member = sendhub.state.add_contact("Ann", "6502000001", groups=[group.id])
+    admin = httpx.Client(base_url=f"{sendhub.root_url}/_admin", headers={"X-Admin-Token": sendhub.admin_token},
+                         transport=transport)
+    assert admin.post("/actions/mark_group_deleted", json={"group_id": group.id}).json() == {"result": group.id}
+    assert admin.post("/actions/mark_group_deleted", json={"group_id": "1"}).status_code == 400
+
+    [listed] = client.get("/groups/").json()["objects"]
+    assert (listed["id"], listed["deleted"]) == (group.id, True)
+    assert client.get(f"/groups/{group.id}/").status_code == 404
+    assert client.get(f"/contacts/{member.id}/").json()["groups"] == []
+    assert client.post("/groups/", json={"name": "Staff"}).status_code == 201, "the name is free again"
+    response = client.post("/contacts/", json={"name": "B", "number": "6502000002", "groups": [group.id]})
+    assert response.status_code == 400 and list(response.json()) == ["groups"]
+
+
+def test_busy_answers_409_try_again_later_before_touching_anything(
+    sendhub: SimulatorServer, client: httpx.Client
+) -> None:
+    sendhub.state.busy_next = 2
+    for _ in range(2):
+        response = client.post("/contacts/", json={"name": "Ann", "number": "6502000001"})
+        assert response.status_code == 409
+        assert response.json() == {"error": "Try again later", "message": "Try again later", "status": 409}
+    assert sendhub.state.contacts == {}
+    assert client.post("/contacts/", json={"name": "Ann", "number": "6502000001"}).status_code == 201

@@ -10,6 +10,7 @@ import base64
 import json
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -744,6 +745,198 @@ def test_deleting_a_contact_keeps_its_number_blacklisted(session_api: Api) -> No
     session_api.request("POST", f"/contact/add_to_blacklist/{cid}")
     session_api.request("DELETE", f"/group/{gid}", params={"deletecontacts": "true"})
     assert session_api.state.snapshot()["blacklist"] == ["+393331234567"]
+
+
+def test_every_way_into_the_blacklist_fills_one_list_with_origin_api(session_api: Api) -> None:
+    cid = session_api.create_contact(phoneNumber="+393331234560")
+    session_api.request("POST", f"/contact/add_to_blacklist/{cid}")
+    session_api.request("POST", "/contacts/add_to_blacklist", params={"phoneNumber": "+393331234561"})
+    session_api.request("POST", "/blacklist/sms", params={"phoneNumber": "00393331234562"})
+    listed = blacklist(session_api, pageSize=10)
+    assert [(e["phoneNumber"], e["origin"]) for e in listed["blacklist"]] == [
+        ("+393331234560", "API"), ("+393331234561", "API"), ("+393331234562", "API")]
+    assert (listed["pageNumber"], listed["pageSize"], listed["Total"]) == (1, 10, 3)
+    assert set(listed) == {"blacklist", "pageNumber", "pageSize", "Total"}
+
+
+# --- the SMS blacklist API (providers.md 1.2.5) ------------------------------------
+
+
+def blacklist(api: Api, **params: Any) -> dict[str, Any]:
+    response = api.request("GET", "/blacklist/sms", params=params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def numbers(listing: dict[str, Any]) -> list[str]:
+    return [entry["phoneNumber"] for entry in listing["blacklist"]]
+
+
+def stamp(text: str) -> float:
+    """Epoch seconds of a UTC ``yyyy-MM-dd HH:mm:ss``."""
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
+
+
+def test_blacklist_list_is_paged_oldest_first_with_default_page_size_five(session_api: Api) -> None:
+    for i in range(7):
+        session_api.state.play_stop(f"+39333000000{i}", at=stamp(f"2026-03-01 10:00:0{i}"))
+    first, second = blacklist(session_api), blacklist(session_api, pageNumber=2)
+    assert (first["pageNumber"], first["pageSize"], first["Total"]) == (1, 5, 7)
+    assert numbers(first) + numbers(second) == [f"+39333000000{i}" for i in range(7)]
+    assert blacklist(session_api, pageNumber=3)["blacklist"] == []
+    assert numbers(blacklist(session_api, pageNumber=2, pageSize=3)) == ["+393330000003", "+393330000004",
+                                                                         "+393330000005"]
+
+
+def test_a_played_stop_and_a_web_entry_carry_their_origin_and_time(session_api: Api) -> None:
+    session_api.state.play_stop("+393330000001", at="2026-03-01 10:00:00")
+    session_api.state.blacklist_from_web("+393330000002", at="2026-03-01 11:30:00")
+    listed = blacklist(session_api, timezone="UTC")["blacklist"]
+    assert listed == [
+        {"phoneNumber": "+393330000001", "origin": "STOPSMS", "insertDate": "2026-03-01 10:00:00"},
+        {"phoneNumber": "+393330000002", "origin": "WEB", "insertDate": "2026-03-01 11:30:00"},
+    ]
+    session_api.request("POST", "/blacklist/sms", params={"phoneNumber": "+393330000001"})
+    assert blacklist(session_api, timezone="UTC")["blacklist"][0]["origin"] == "STOPSMS", "the first opt-out stays"
+
+
+def test_from_and_to_are_inclusive_and_read_in_the_timezone_given(session_api: Api) -> None:
+    for i, hour in enumerate((9, 10, 11, 12)):
+        session_api.state.play_stop(f"+39333000000{i}", at=f"2026-03-01 {hour:02d}:00:00")
+    since = blacklist(session_api, **{"from": "2026-03-01 10:00:00", "timezone": "UTC"})
+    assert numbers(since) == ["+393330000001", "+393330000002", "+393330000003"] and since["Total"] == 3
+    window = blacklist(session_api, **{"from": "2026-03-01 10:00:01", "to": "2026-03-01 11:00:00", "timezone": "UTC"})
+    assert numbers(window) == ["+393330000002"]
+    rome = blacklist(session_api, **{"from": "2026-03-01 12:00:00"})  # no timezone: Europe/Rome (UTC+1 in March)
+    assert numbers(rome) == ["+393330000002", "+393330000003"]
+    assert rome["blacklist"][0]["insertDate"] == "2026-03-01 12:00:00", "insertDate is written in that zone too"
+    new_york = blacklist(session_api, **{"to": "2026-03-01 05:00:00", "timezone": "America/New_York"})
+    assert numbers(new_york) == ["+393330000000", "+393330000001"]
+
+
+def test_number_and_origins_filter(session_api: Api) -> None:
+    session_api.state.play_stop("+393331112222")
+    session_api.state.blacklist_from_web("+393334445555")
+    session_api.request("POST", "/blacklist/sms", params={"phoneNumber": "+447400987654"})
+    assert numbers(blacklist(session_api, number="1112")) == ["+393331112222"]
+    assert numbers(blacklist(session_api, number="+44")) == ["+447400987654"]
+    assert numbers(blacklist(session_api, origins="WEB,STOPSMS")) == ["+393331112222", "+393334445555"]
+    assert numbers(blacklist(session_api, origins="API")) == ["+447400987654"]
+    assert blacklist(session_api, origins="API", number="3933")["Total"] == 0
+
+
+def test_insert_times_come_from_the_wall_clock_and_never_go_back(session_api: Api) -> None:
+    session_api.state.wall_clock = lambda: stamp("2026-03-01 10:00:00")
+    session_api.request("POST", "/blacklist/sms", params={"phoneNumber": "+393330000001"})
+    session_api.state.wall_clock = lambda: stamp("2026-03-01 09:00:00")  # the host's clock stepped back
+    session_api.request("POST", "/blacklist/sms", params={"phoneNumber": "+393330000002"})
+    dates = [e["insertDate"] for e in blacklist(session_api, timezone="UTC")["blacklist"]]
+    assert dates == ["2026-03-01 10:00:00", "2026-03-01 10:00:00"]
+
+
+@pytest.mark.parametrize("params", [
+    {"from": "2026-03-01"}, {"from": "2026-03-01T10:00:00"}, {"to": "01-03-2026 10:00:00"},
+    {"to": "2026-02-30 10:00:00"}, {"timezone": "Mars/Olympus"}, {"timezone": ""}, {"origins": "SMS"},
+    {"origins": "API,"}, {"origins": "api"}, {"number": "39 333"}, {"number": "abc"}, {"pageNumber": "0"},
+    {"pageNumber": "x"}, {"pageSize": "-1"}, {"pageSize": "1.5"},
+])
+def test_badly_formatted_list_parameters_are_400(session_api: Api, params: dict[str, str]) -> None:
+    response = session_api.request("GET", "/blacklist/sms", params=params)
+    assert_error(response, 400, "Some of the parameters specified were badly formatted")
+    assert next(iter(params)) in response.json()["error"]
+
+
+def test_add_a_number_takes_plus_or_00_and_refuses_the_rest(session_api: Api) -> None:
+    for raw in ("+393330000001", "00393330000002"):
+        response = session_api.request("POST", "/blacklist/sms", params={"phoneNumber": raw})
+        assert response.status_code == 200 and response.json() is True
+    for raw in ("3330000003", "+39 333 0000003", "abc", ""):
+        assert_error(session_api.request("POST", "/blacklist/sms", params={"phoneNumber": raw}), 400,
+                     "Invalid recipient")
+    assert_error(session_api.request("POST", "/blacklist/sms"), 400, "Invalid recipient")
+    assert sorted(session_api.state.blacklist) == ["+393330000001", "+393330000002"]
+
+
+def test_add_several_numbers_is_all_or_nothing_and_answers_the_count(session_api: Api) -> None:
+    good = ["+393330000001", "00393330000002", "+393330000001"]
+    bad = session_api.request("POST", "/blacklist/smsbatch", body=[*good, "3330000003"])
+    assert_error(bad, 400, "Some of the phone numbers specified were badly formatted")
+    assert session_api.state.blacklist == {}
+    assert_error(session_api.request("POST", "/blacklist/smsbatch", body={"numbers": good}), 400)
+    assert_error(session_api.request("POST", "/blacklist/smsbatch", raw="[not json"), 400)
+    response = session_api.request("POST", "/blacklist/smsbatch", body=good)
+    assert response.status_code == 200 and response.json() == 2
+    assert [e["origin"] for e in blacklist(session_api)["blacklist"]] == ["API", "API"]
+
+
+def test_blacklist_hooks_through_the_admin_interface(session_api: Api, sim: SimulatorServer,
+                                                     http: httpx.Client) -> None:
+    admin = {"X-Admin-Token": sim.admin_token}
+    played = http.post(f"{sim.root_url}/_admin/actions/stop_sms", headers=admin,
+                       json={"phoneNumber": "+393330000001", "at": "2026-03-01 10:00:00"})
+    assert played.json() == {"result": "+393330000001"}
+    web = http.post(f"{sim.root_url}/_admin/actions/web_blacklist", headers=admin, json={"phoneNumber": "3330000002"})
+    assert web.json() == {"result": "+393330000002"}
+    bad = http.post(f"{sim.root_url}/_admin/actions/stop_sms", headers=admin, json={"phoneNumber": "+39", "at": 1})
+    assert bad.status_code == 400
+    assert [(e["origin"]) for e in blacklist(session_api)["blacklist"]] == ["STOPSMS", "WEB"]
+
+
+# --- email campaigns: what keepExistingGroupsAndCampaigns keeps ------------------------
+
+
+def test_register_to_a_campaign_creates_a_subscribed_contact(session_api: Api) -> None:
+    campaign = session_api.state.create_campaign("Newsletter")
+    response = session_api.request("POST", f"/list/{campaign.id}/contact", params={"SendOptIn": "false"},
+                                   body={"email": "anna@example.com", "phoneNumber": "+393331234567"})
+    assert_empty(response, 201, response.headers.get("Location"))
+    cid = response.headers["Location"].removeprefix("/contact/")
+    assert list(session_api.state.contacts[cid].campaigns) == [campaign.id]
+    assert session_api.state.snapshot()["campaigns"] == [
+        {"id": campaign.id, "name": "Newsletter", "active": True, "subscribers": [cid]}]
+
+
+def test_register_needs_an_email_and_an_active_campaign(session_api: Api) -> None:
+    campaign, paused = session_api.state.create_campaign("On"), session_api.state.create_campaign("Off", active=False)
+    no_email = session_api.request("POST", f"/list/{campaign.id}/contact", body={"phoneNumber": "+393331234567"})
+    assert_error(no_email, 400, "email")
+    for campaign_id in (paused.id, "NoSuchCampaign000000"):
+        response = session_api.request("POST", f"/list/{campaign_id}/contact", body={"email": "a@example.com"})
+        assert_error(response, 400, "Campaign not active or not found")
+    bad_flag = session_api.request("POST", f"/list/{campaign.id}/contact", params={"SendOptIn": "maybe"},
+                                   body={"email": "a@example.com"})
+    assert_error(bad_flag, 400, "SendOptIn")
+    assert session_api.state.contacts == {}
+
+
+def test_keep_false_drops_campaign_subscriptions_and_keep_true_keeps_them(session_api: Api) -> None:
+    campaign = session_api.state.create_campaign("Newsletter")
+    group, unseen = session_api.create_group("synced"), session_api.create_group("unseen")
+    for n, keep in enumerate((True, False)):
+        phone = f"+39333123456{n}"
+        response = session_api.request("POST", f"/list/{campaign.id}/contact",
+                                       body={"email": f"p{n}@example.com", "phoneNumber": phone, "groupIds": [unseen]})
+        cid = response.headers["Location"].removeprefix("/contact/")
+        session_api.upsert([{"phoneNumber": phone, "name": "P", "groupIds": [group]}], updateExistingContact=True,
+                           keepExistingGroupsAndCampaigns=keep)
+        contact = session_api.state.contacts[cid]
+        if keep:
+            assert (list(contact.campaigns), list(contact.groups)) == ([campaign.id], [unseen, group])
+        else:
+            assert (list(contact.campaigns), list(contact.groups)) == ([], [group])
+    assert len(session_api.state.campaigns[campaign.id].subscribers) == 1
+
+
+def test_a_drop_and_insert_upsert_carries_subscriptions_only_with_keep(session_api: Api) -> None:
+    campaign = session_api.state.create_campaign("Newsletter")
+    session_api.request("POST", f"/list/{campaign.id}/contact", body={"email": "a@example.com",
+                                                                      "phoneNumber": "+393331234567"})
+    session_api.upsert([{"phoneNumber": "+393331234567"}], keepExistingGroupsAndCampaigns=True)
+    [replacement] = session_api.state.contacts_by_phone("+393331234567")
+    assert list(replacement.campaigns) == [campaign.id]
+    session_api.upsert([{"phoneNumber": "+393331234567"}])
+    [replacement] = session_api.state.contacts_by_phone("+393331234567")
+    assert replacement.campaigns == {} and session_api.state.campaigns[campaign.id].subscribers == {}
 
 
 # --- undocumented endpoints -----------------------------------------------------

@@ -143,6 +143,23 @@ def test_parse_contact_rejects_bad_shapes_with_a_protocol_error_naming_the_endpo
     assert "sh-unit" in str(caught.value)
 
 
+def test_parse_contact_keeps_screened_and_keyword_for_the_next_put(sendhub):
+    obj = {"id": "7", "name": "Ann", "number": "+16502530001", "screened": True, "keyword": "annie", "blocked": True}
+    remote = sendhub.parse_contact(obj, endpoint=ENDPOINT)
+    assert remote.kept == {"screened": True, "keyword": "annie"}
+    assert "screened" not in remote.fields and "keyword" not in remote.fields
+    odd = sendhub.parse_contact({**obj, "screened": "yes", "keyword": ""}, endpoint=ENDPOINT)
+    assert odd.kept == {}, "only values SendHub would take back are kept"
+
+
+def test_parse_group_keeps_its_text_to_join_settings(sendhub):
+    obj = {"id": "12", "name": "Clients", "slug": "joincustomers", "text_to_subscribe": True, "ttjResponse": "Hi!",
+           "size": 3}
+    group = sendhub.parse_group(obj, endpoint="GET /v1/groups/")
+    assert group.kept == {"slug": "joincustomers", "text_to_subscribe": True, "ttjResponse": "Hi!"}
+    assert group == sendhub.parse_group({**obj, "slug": "other"}, endpoint="GET /v1/groups/"), "kept is not synced data"
+
+
 def test_parse_group_reads_id_and_name_and_checks_them(sendhub):
     group = sendhub.parse_group({"id": "12", "name": "Regulars", "slug": "regulars"}, endpoint="GET /v1/groups/")
     assert (group.remote_id, group.name, group.description) == ("12", "Regulars", "")
@@ -197,6 +214,14 @@ def test_400_generic_and_html_bodies_are_rejected_with_their_text():
     assert mapped(response(400, {"error": "Join message can not be longer than 70 characters.", "status": 400})).reason.startswith("Join")
     html = mapped(response(400, text="The 'resource_uri' field does not allow filtering."))
     assert isinstance(html, Rejected) and "does not allow filtering" in html.reason
+
+
+def test_409_saying_try_again_is_transient_and_any_other_409_rejected():
+    busy = mapped(response(409, {"error": "Try again later", "message": "Try again later", "status": 409}))
+    assert type(busy) is TransientError and busy.status == 409 and "Try again later" in str(busy)
+    assert type(mapped(response(409, {"message": "Please try again in a minute."}))) is TransientError
+    conflict = mapped(response(409, {"error": "Contact was changed by someone else"}))
+    assert type(conflict) is Rejected and conflict.status == 409
 
 
 @pytest.mark.parametrize(
