@@ -29,7 +29,7 @@ from syncd.errors import excerpt
 from syncd.model import Contact, Group
 from syncd.phones import InvalidPhone, to_e164
 
-__all__ = ["Book", "Invalid", "read_contacts", "read_groups"]
+__all__ = ["KEEPER", "Book", "Invalid", "read_contacts", "read_groups"]
 
 Invalid = tuple[int, str, str]  # (row id, field, problem naming the value)
 
@@ -70,51 +70,65 @@ def read_contacts(session: Session, ids: Collection[int] | None, groups: Mapping
 
     A phone is parsed (``phonenumbers``) only when it is not already written in
     E.164 or ``check(id)`` says the row changed since it was last read: a
-    number that has not changed is not validated again. A number written in
-    another spelling is the reported duplicate when another row holds it in
-    E.164 (in the book or among these rows); among several spellings of one new
-    number, the lowest id keeps it.
+    number that has not changed is not validated again. One number held by
+    several rows (written in different spellings) stays with the lowest id; the
+    others are reported (:func:`_one_row_per_number`).
     """
     columns = _Columns(session.get_bind().dialect)
     members = _members(session, ids, groups)
     contacts: dict[int, Contact] = {}
     invalid: list[Invalid] = []
-    spelled: dict[int, tuple[str, Contact]] = {}  # rows whose stored phone is not their E.164: id -> (stored, contact)
+    stored: dict[int, str] = {}  # the phone as written, for rows where it is not their E.164
     for row in rows_in(session, columns.contact_query(), ContactRow.id, ids):
         try:
             phone = columns.text(row.phone, "phone")
             trusted = _E164.fullmatch(phone) is not None and not check(row.id)
-            contact = columns.contact(row, phone, default_region, members.get(row.id, ()), trusted=trusted)
+            contacts[row.id] = columns.contact(row, phone, default_region, members.get(row.id, ()), trusted=trusted)
         except _Unreadable as exc:
             invalid.append((row.id, exc.field, exc.problem))
             continue
-        if contact.phone != phone:
-            spelled[row.id] = (phone, contact)
-        else:
-            contacts[row.id] = contact
-    fixes = _settle_spellings(session, spelled, contacts, invalid)
+        if contacts[row.id].phone != phone:
+            stored[row.id] = phone
+    fixes = _one_row_per_number(session, contacts, stored, {cid for cid, _, _ in invalid}, invalid)
     return contacts, invalid, fixes
 
 
-def _settle_spellings(session: Session, spelled: Mapping[int, tuple[str, Contact]], contacts: dict[int, Contact],
-                      invalid: list[Invalid]) -> dict[int, str]:
-    """Rows whose number is written in another spelling: kept (to be rewritten in E.164) or reported."""
-    if not spelled:
+def _one_row_per_number(session: Session, contacts: dict[int, Contact], stored: Mapping[int, str],
+                        unreadable: set[int], invalid: list[Invalid]) -> dict[int, str]:
+    """Rows meaning the same number: the lowest id keeps it, the others move to ``invalid``.
+
+    A row that writes its number in another spelling is rewritten in E.164 (the
+    fixes returned), unless another row holds it written so: then the unique
+    constraint forbids it, and it stays as written. Only rows read here and the
+    rows writing their number in E.164 are compared (the spellings of other rows
+    are rewritten on the first run that reads them); a row read here never takes
+    a number away from a valid row that was not read.
+    """
+    by_number: dict[str, list[int]] = {}
+    for cid, contact in contacts.items():
+        by_number.setdefault(contact.phone, []).append(cid)
+    shared = {number for number, ids in by_number.items() if len(ids) > 1 or any(i in stored for i in ids)}
+    if not shared:
         return {}
-    holders = {phone: cid for cid, phone in
-               rows_in(session, select(ContactRow.id, ContactRow.phone), ContactRow.phone,
-                        {c.phone for _, c in spelled.values()})}
+    verbatim = {phone: cid for cid, phone in
+                rows_in(session, select(ContactRow.id, ContactRow.phone), ContactRow.phone, shared)}
     fixes: dict[int, str] = {}
-    for cid in sorted(spelled):
-        stored, contact = spelled[cid]
-        holder = holders.get(contact.phone)
-        if holder is not None and holder != cid:
-            invalid.append((cid, "phone", f"{stored!r} is the same number as contact {holder} ({contact.phone})"))
-            continue
-        holders[contact.phone] = cid
-        contacts[cid] = contact
-        fixes[cid] = contact.phone
+    for number in sorted(shared):
+        ids, holder = sorted(by_number[number]), verbatim.get(number)
+        outside = holder is not None and holder not in contacts and holder not in unreadable
+        keeper = holder if outside else ids[0]
+        for cid in ids:
+            if cid != keeper:
+                written = stored.get(cid, contacts[cid].phone)
+                invalid.append((cid, "phone", f"{written!r} is the same number as contact {keeper} ({number})"))
+                del contacts[cid]
+        if keeper in stored and holder in (None, keeper):
+            fixes[keeper] = number
     return fixes
+
+
+#: How a duplicate-number report names the row that keeps the number (see :func:`_one_row_per_number`).
+KEEPER = re.compile(r"is the same number as contact ([0-9]+) ")
 
 
 def _members(session: Session, ids: Collection[int] | None, groups: Mapping[int, Group]) -> dict[int, set[int]]:

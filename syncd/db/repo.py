@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, LargeBinary, String, cast, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, LargeBinary, String, cast, delete, func, insert, or_, select, type_coerce, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from syncd.db import journal
@@ -37,7 +38,7 @@ from syncd.model import Contact, Group, RemoteContact, RemoteGroup, fingerprint
 from syncd.sync.plan import Operation
 from syncd.sync.reconcile import BaseRecord
 
-__all__ = ["Book", "LogEntry", "Store", "utcnow"]
+__all__ = ["Book", "Ledger", "LedgerRow", "LogEntry", "Store", "utcnow"]
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -54,6 +55,26 @@ class LogEntry:
     attempts: int = 0
     next_attempt_at: datetime | None = None
     fingerprint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    """A record's latest outbound change-log row, when it failed or was rejected."""
+
+    id: int
+    status: str  # failed | rejected
+    attempts: int
+    next_attempt_at: datetime | None
+    fingerprint: str | None  # rejected: the projection refused (retried once the record changes)
+
+    def due(self, now: datetime, cap: int) -> bool:
+        """A failed record whose next attempt has come (and that has attempts left)."""
+        return (self.status == "failed" and self.attempts < cap
+                and (self.next_attempt_at is None or self.next_attempt_at <= now))
+
+
+Ledger = dict[tuple[str, int | None, str | None], LedgerRow]
+"""(entity, canonical id, remote id when there is no canonical id) -> the record's :class:`LedgerRow`."""
 
 
 class Store:
@@ -352,7 +373,8 @@ class Store:
             postgresql = s.get_bind().dialect.name == "postgresql"
             for rgid in sorted(remote_group_ids):
                 # jsonb containment on PostgreSQL; on SQLite the JSON text holds the id quoted
-                listed = c.groups.contains([rgid]) if postgresql else cast(c.groups, String).like(f'%"{rgid}"%')
+                listed = (type_coerce(c.groups, JSONB).contains([rgid]) if postgresql
+                          else cast(c.groups, String).like(f'%"{rgid}"%'))
                 found.update(s.scalars(select(c.remote_id).where(c.provider == provider, listed)))
         return found
 
@@ -458,7 +480,7 @@ class Store:
             for chunk in chunks([r for r in rows if frozenset(r) == keys]):
                 s.execute(update(ChangeLogRow), chunk)
 
-    def retry_ledger(self, provider: str) -> dict[tuple[str, int | None, str | None], ChangeLogRow]:
+    def retry_ledger(self, provider: str) -> Ledger:
         """The latest outbound row per record, when it is failed or rejected: to back off or wait for a change.
 
         Read from the failed and rejected rows only (an index range), each
@@ -470,11 +492,14 @@ class Store:
         newer = (select(later.c.id).where(
             later.c.provider == row.provider, later.c.entity == row.entity, same_record, later.c.id > row.id,
             later.c.direction == "outbound", later.c.status.in_(_SETTLED)).exists())
-        query = select(row).where(row.provider == provider, row.status.in_(("failed", "rejected")),
-                                  row.direction == "outbound", ~newer).order_by(row.id)
+        query = select(row.id, row.entity, row.canonical_id, row.remote_id, row.status, row.attempts,
+                       row.next_attempt_at, row.fingerprint).where(
+            row.provider == provider, row.status.in_(("failed", "rejected")), row.direction == "outbound",
+            ~newer).order_by(row.id)
         with self.session() as s:
-            rows = s.scalars(query).all()
-        return {(r.entity, r.canonical_id, None if r.canonical_id else r.remote_id): r for r in rows}
+            rows = s.execute(query).all()
+        return {(entity, cid, None if cid else rid): LedgerRow(id_, status, attempts, due, digest)
+                for id_, entity, cid, rid, status, attempts, due, digest in rows}
 
     def settle_found(self, s: Session, provider: str, entity: str, cids: Collection[int]) -> None:
         """Creates whose outcome was unknown, now found at the provider and linked: applied after all."""

@@ -31,6 +31,7 @@ import structlog
 from sqlalchemy import Engine
 
 from syncd.config import Config, ProviderSettings
+from syncd.db.canonical import KEEPER
 from syncd.db.journal import FLOOR, Position
 from syncd.db.repo import Book, LogEntry, Store, utcnow
 from syncd.errors import LeaseLost, ProviderError, Unsupported
@@ -38,7 +39,7 @@ from syncd.model import Contact, RemoteGroup, fingerprint
 from syncd.providers import build_provider
 from syncd.providers.base import Provider
 from syncd.sync import project
-from syncd.sync.executor import Ledger, Pusher
+from syncd.sync.executor import Ledger, Pusher, RetryRules
 from syncd.sync.inbound import InboundApplier, Touched
 from syncd.sync.plan import Action, Direction, Entity, Operation, guard
 from syncd.sync.progress import Progress, Silent
@@ -173,6 +174,7 @@ class Run:
         self.touched: Touched = {}  # canonical contacts changed by inbound operations this run
         self.open_invalid: dict[tuple[str, int], str] = {}
         self._reported_invalid: list[tuple[int, str, str]] = []
+        self.revisit: set[int] = set()  # canonical rows read again whatever changed (see _steps)
         self.accounts: list[_Account] = []
 
     async def execute(self) -> RunReport:
@@ -206,6 +208,11 @@ class Run:
         groups, invalid_groups = store.load_groups()
         self.book = Book({}, groups, invalid_groups=invalid_groups)
         self.open_invalid = store.invalid_open()
+        # Rows reported invalid are read again every run (a fix, or the row another one
+        # was a duplicate of going away, makes them valid), with the rows keeping their numbers.
+        self.revisit = {cid for entity, cid in self.open_invalid if entity == "contact"}
+        self.revisit |= {int(m.group(1)) for (entity, _), error in self.open_invalid.items()
+                         if entity == "contact" and (m := KEEPER.search(error))}
         self._report_invalid([], invalid_groups, loaded=None)
         self._close_removed_invalid()
         ready = [a for a in self.accounts if a.report.complete]
@@ -243,7 +250,7 @@ class Run:
         a.position = positions.get(a.name)
         a.report.full = self._needs_full_run(a, positions)
         changes = store.journal_changes(a.name, a.position.position) if a.position is not None else None
-        invalid_ids = {cid for entity, cid in self.open_invalid if entity == "contact"}
+        invalid_ids = self.revisit
         if changes is None:
             a.check = None
         else:
@@ -255,7 +262,7 @@ class Run:
         a.seeds = Seeds(set(changes.contacts) | invalid_ids, set(changes.remote_contacts))
         now = utcnow()
         for (entity, cid, rid), row in a.ledger.items():
-            if entity == "contact" and row.due(now):
+            if entity == "contact" and row.due(now, RetryRules().cap):
                 a.seeds.add(contacts=[cid] if cid is not None else [], remote=[rid] if rid is not None else [])
 
     def _needs_full_run(self, a: _Account, positions: Mapping[str, Position]) -> bool:
@@ -444,7 +451,7 @@ class Run:
     async def _outbound(self, a: _Account) -> None:
         pusher = Pusher(a.client, self.store, self.run_id, a.group_links, a.report.counts, utcnow(),
                         batch_size=a.settings.batch_size, ledger=a.ledger, fence=a.fence,
-                        stopping=self.options.stopping, progress=self.progress)
+                        stopping=self.options.stopping, progress=self.progress, mirror_groups=a.groups)
         try:
             await self._push_all(a, pusher)
         except LeaseLost as exc:  # another replica owns the account now: settle nothing more
