@@ -41,6 +41,15 @@ POST     /_admin/actions/{name}     run ``state.admin_actions[name](body)``, e.g
 
 Provider hooks (:class:`FaultHooks`) supply the bodies of the fault responses,
 because each provider words them its own way.
+
+A client that vanishes mid-request (killed, timed out) is normal traffic for a
+provider: its request is dropped without a word and counted apart, in
+``recorder.vanished`` (the counts and the log keep to requests the simulator
+answered or dropped itself), whereas any other exception of the app still
+reaches uvicorn, which logs it.
+
+``middleware.in_flight`` counts the requests being handled, so that a test in
+the server's process can wait until the simulator is quiet.
 """
 
 from __future__ import annotations
@@ -56,6 +65,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
 __all__ = [
@@ -308,12 +318,14 @@ class RequestRecorder:
     The endpoint key is ``"METHOD /path"`` with the trailing slash removed and
     every segment that is not one of the app's literal segments replaced by
     ``{id}``, so ``/v1/contacts/22413/`` and ``/v1/contacts/9`` count together.
-    ``status`` is None for a dropped connection.
+    ``status`` is None for a dropped connection. Requests whose client vanished
+    before any answer are only counted, per endpoint, in ``vanished``.
     """
 
     def __init__(self, literals: frozenset[str]) -> None:
         self.literals = literals
         self.counts: Counter[str] = Counter()
+        self.vanished: Counter[str] = Counter()
         self.log: deque[tuple[str, str, int | None]] = deque(maxlen=REQUEST_LOG_SIZE)
         self._cache: dict[str, str] = {}
 
@@ -330,9 +342,31 @@ class RequestRecorder:
         self.counts[self.endpoint(method, path)] += 1
         self.log.append((method, path, status))
 
+    def record_vanished(self, method: str, path: str) -> None:
+        # Not in the log, where None means the simulator itself dropped the connection (a fault, the
+        # write applied), nor in the counts: tests count answers there, and a client's own departure is none.
+        self.vanished[self.endpoint(method, path)] += 1
+
     def reset(self) -> None:
         self.counts.clear()
+        self.vanished.clear()
         self.log.clear()
+
+
+class _Peer:
+    """A request's ``receive``, watched: ``gone`` once it has reported that the client disconnected."""
+
+    __slots__ = ("_receive", "gone")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.gone = False
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self.gone = True
+        return message
 
 
 class FaultMiddleware:
@@ -360,6 +394,8 @@ class FaultMiddleware:
         if literals is None:
             literals = literal_segments(getattr(app, "routes", ()))
         self.recorder = RequestRecorder(literals)
+        self.in_flight = 0
+        """Requests (admin ones excepted) being handled right now."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -370,6 +406,22 @@ class FaultMiddleware:
             await self._admin(scope, receive, send)
             return
         method: str = scope["method"]
+        peer = _Peer(receive)
+        self.in_flight += 1
+        try:
+            await self._faulted(scope, peer.receive, send)
+        except ClientDisconnect:
+            if not peer.gone:
+                raise  # not raised by a disconnect: an application error, for uvicorn to report
+            # The client went away before its request was read (killed, timed out during the latency):
+            # a provider just drops such a request; nobody is left to answer.
+            self.recorder.record_vanished(method, path)
+        finally:
+            self.in_flight -= 1
+
+    async def _faulted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Latency, then a fault response or the app."""
+        method, path = scope["method"], scope["path"]
         decision = self.faults.draw(method)
         if decision.latency > 0:
             await asyncio.sleep(decision.latency)

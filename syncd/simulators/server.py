@@ -169,8 +169,17 @@ class SimulatorServer:
         """``(method, path, status)`` of recent requests, oldest first; status None = dropped."""
         return list(self.middleware.recorder.log)
 
+    def vanished_counts(self) -> dict[str, int]:
+        """Requests per endpoint whose client vanished before any answer (not in the counts or the log)."""
+        return dict(self.middleware.recorder.vanished)
+
     def reset_counts(self) -> None:
         self.middleware.recorder.reset()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being handled right now (admin ones excluded)."""
+        return self.middleware.in_flight
 
     def _config(self) -> uvicorn.Config:
         install_log_filter()
