@@ -571,9 +571,14 @@ class SmsendProvider:
                                                 f"do not fit in Total {page.total}")
 
     def _last_page(self, page: _BlacklistPage, page_number: int) -> bool:
-        """Whether ``page`` ends the listing (a short page, or Total reached); one that ends short of Total is unreadable."""
+        """Whether ``page`` ends the listing: a short one (one that ends short of Total is unreadable).
+
+        A full page reaching Total is not taken as the end: a Total that
+        understates the list would then hide its last entries, so the next page
+        is asked for and must be empty (:meth:`_check_paging` refuses entries past Total).
+        """
         end = (page_number - 1) * page.size + len(page.entries)
-        if len(page.entries) < page.size or end >= page.total:
+        if len(page.entries) < page.size:
             if end != page.total:
                 raise self._unreadable(page_number, f"the listing ends after {end} entries but Total is {page.total}")
             return True
