@@ -41,21 +41,36 @@ POST     /_admin/actions/{name}     run ``state.admin_actions[name](body)``, e.g
 
 Provider hooks (:class:`FaultHooks`) supply the bodies of the fault responses,
 because each provider words them its own way.
+
+A client that vanishes mid-request (killed, timed out) is normal traffic for a
+provider: its request is dropped without a word and counted apart, in
+``recorder.vanished`` (the counts and the log keep to requests the simulator
+answered or dropped itself), whereas any other exception of the app still
+reaches uvicorn, which logs it.
+
+For tests in the server's process, :class:`RequestGate` (``middleware.gate``)
+holds requests from a chosen one on, so that a test can act (kill the client)
+at an exact point of the client's work whatever the machine's speed, and
+``middleware.in_flight`` counts the requests being handled, so that it can wait
+until the simulator is quiet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
 import math
 import random
+import threading
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
 __all__ = [
@@ -67,6 +82,8 @@ __all__ = [
     "FaultHooks",
     "FaultMiddleware",
     "Faults",
+    "HOLD_PHASES",
+    "RequestGate",
     "RequestRecorder",
     "format_time_left",
     "literal_segments",
@@ -308,12 +325,14 @@ class RequestRecorder:
     The endpoint key is ``"METHOD /path"`` with the trailing slash removed and
     every segment that is not one of the app's literal segments replaced by
     ``{id}``, so ``/v1/contacts/22413/`` and ``/v1/contacts/9`` count together.
-    ``status`` is None for a dropped connection.
+    ``status`` is None for a dropped connection. Requests whose client vanished
+    before any answer are only counted, per endpoint, in ``vanished``.
     """
 
     def __init__(self, literals: frozenset[str]) -> None:
         self.literals = literals
         self.counts: Counter[str] = Counter()
+        self.vanished: Counter[str] = Counter()
         self.log: deque[tuple[str, str, int | None]] = deque(maxlen=REQUEST_LOG_SIZE)
         self._cache: dict[str, str] = {}
 
@@ -330,9 +349,134 @@ class RequestRecorder:
         self.counts[self.endpoint(method, path)] += 1
         self.log.append((method, path, status))
 
+    def record_vanished(self, method: str, path: str) -> None:
+        # Not in the log, where None means the simulator itself dropped the connection (a fault, the
+        # write applied), nor in the counts: tests count answers there, and a client's own departure is none.
+        self.vanished[self.endpoint(method, path)] += 1
+
     def reset(self) -> None:
         self.counts.clear()
+        self.vanished.clear()
         self.log.clear()
+
+
+HOLD_PHASES = ("before", "applied", "answered")
+
+
+class RequestGate:
+    """A test hook: hold a simulator's requests from a chosen one on, and say when it is reached.
+
+    The gate counts the requests that reach the app (after latency and fault
+    responses) and match ``endpoint``, a key as :class:`RequestRecorder` spells
+    it (``"POST /v1/contacts"``), or every write when ``endpoint`` is None. The
+    ``nth`` of them is the *mark*, stopped as ``phase`` says:
+
+    * ``"before"``: held before the app sees it, so nothing of it is applied;
+    * ``"applied"``: applied by the app, its answer held;
+    * ``"answered"``: answered as usual.
+
+    Every request that reaches the app after the mark (any method, matching or
+    not) is held before the app, so the client gets no further at this
+    simulator. :attr:`reached` is set once the mark is held (``"answered"``:
+    once its answer is sent); it is a :class:`threading.Event` because the test
+    waiting on it runs in another thread than the server.
+
+    A held request waits until :meth:`release`, then goes on as if never held,
+    or until its client disconnects: then it is dropped quietly and counted in
+    ``recorder.vanished`` (a held answer is never sent; its change stays applied).
+    """
+
+    def __init__(self, nth: int, *, phase: str = "before", endpoint: str | None = None) -> None:
+        if nth < 1:
+            raise ValueError("nth must be at least 1")
+        if phase not in HOLD_PHASES:
+            raise ValueError(f"phase must be one of {', '.join(HOLD_PHASES)}")
+        self.nth, self.phase, self.endpoint = nth, phase, endpoint
+        self.reached = threading.Event()
+        self.seen = 0  # matching requests that reached the app
+        self.holding = 0  # requests held right now
+        self.dropped = 0  # held requests whose client vanished
+        self._lock = threading.Lock()  # release() runs in the test's thread, the holds in the server's
+        self._released = False
+        self._opened: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+
+    def admit(self, endpoint: str) -> tuple[str | None, bool]:
+        """Where this request stops (None, ``"request"`` or ``"answer"``) and whether it is the mark.
+
+        Called once per request that reaches the app, in arrival order.
+        """
+        if self._released:
+            return None, False
+        if self.seen >= self.nth:  # past the mark
+            return "request", False
+        if self.endpoint is None and endpoint.split(" ", 1)[0] not in WRITE_METHODS:
+            return None, False
+        if self.endpoint is not None and endpoint != self.endpoint:
+            return None, False
+        self.seen += 1
+        if self.seen < self.nth:
+            return None, False
+        return {"before": "request", "applied": "answer", "answered": None}[self.phase], True
+
+    async def hold(self, receive: Receive, *, mark: bool) -> bool:
+        """Hold one request: True once released, False when its client disconnected first.
+
+        ``receive`` must have delivered the whole request body already: what it
+        gives next is the disconnect.
+        """
+        opened = self._opened_event()
+        released = asyncio.ensure_future(opened.wait())
+        vanished = asyncio.ensure_future(_disconnected(receive))
+        self.holding += 1
+        if mark:
+            self.reached.set()
+        try:
+            await asyncio.wait((released, vanished), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.holding -= 1
+            released.cancel()
+            vanished.cancel()
+        if vanished.done() and not vanished.cancelled():
+            vanished.result()  # an error of the server's receive is not a disconnect
+            self.dropped += 1
+            return False
+        return True
+
+    def release(self) -> None:
+        """Let every held request go on, and every later one pass (the gate is spent); thread-safe."""
+        with self._lock:
+            self._released = True
+            opened = self._opened
+        if opened is not None:
+            loop, event = opened
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing is held any more
+                loop.call_soon_threadsafe(event.set)
+
+    def _opened_event(self) -> asyncio.Event:
+        """The server loop's side of :meth:`release`, made on first use (set if released already)."""
+        with self._lock:
+            if self._opened is None:
+                event = asyncio.Event()
+                if self._released:
+                    event.set()
+                self._opened = (asyncio.get_running_loop(), event)
+            return self._opened[1]
+
+
+class _Peer:
+    """A request's ``receive``, watched: ``gone`` once it has reported that the client disconnected."""
+
+    __slots__ = ("_receive", "gone")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.gone = False
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self.gone = True
+        return message
 
 
 class FaultMiddleware:
@@ -360,6 +504,10 @@ class FaultMiddleware:
         if literals is None:
             literals = literal_segments(getattr(app, "routes", ()))
         self.recorder = RequestRecorder(literals)
+        self.gate: RequestGate | None = None
+        """The test hook holding requests (see :class:`RequestGate`); None: nothing is held."""
+        self.in_flight = 0
+        """Requests (admin ones excepted) being handled right now."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -370,6 +518,22 @@ class FaultMiddleware:
             await self._admin(scope, receive, send)
             return
         method: str = scope["method"]
+        peer = _Peer(receive)
+        self.in_flight += 1
+        try:
+            await self._faulted(scope, peer.receive, send)
+        except ClientDisconnect:
+            if not peer.gone:
+                raise  # not raised by a disconnect: an application error, for uvicorn to report
+            # The client went away before its request was read (killed, timed out during the latency):
+            # a provider just drops such a request; nobody is left to answer.
+            self.recorder.record_vanished(method, path)
+        finally:
+            self.in_flight -= 1
+
+    async def _faulted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Latency, then a fault response or the app."""
+        method, path = scope["method"], scope["path"]
         decision = self.faults.draw(method)
         if decision.latency > 0:
             await asyncio.sleep(decision.latency)
@@ -391,23 +555,49 @@ class FaultMiddleware:
         return self.hooks.server_error(503 if kind == "error503" else 500)
 
     async def _run_app(self, scope: Scope, receive: Receive, send: Send, decision: FaultDecision) -> None:
+        """The app, with the gate's hold (if any) and the drop/malformed faults."""
         method, path = scope["method"], scope["path"]
-        if decision.drop or decision.malformed:
-            start, body = await _capture(self.app, scope, receive)
-            if decision.drop:
-                self.recorder.record(method, path, None)
-                await _drop_connection(send, body)
+        gate = self.gate
+        stop, mark = gate.admit(self.recorder.endpoint(method, path)) if gate is not None else (None, False)
+        if stop == "request" and gate is not None:
+            held = await _held_request(gate, receive, mark=mark)
+            if held is None:
+                self.recorder.record_vanished(method, path)
                 return
-            self.recorder.record(method, path, start["status"])
-            await _send_truncated(send, start, body)
-            return
+            receive = held
+        if decision.drop or decision.malformed or stop == "answer":
+            await self._run_captured(scope, receive, send, decision, gate if stop == "answer" else None)
+        else:
+            await self.app(scope, receive, self._recording(send, method, path))
+        if mark and stop is None and gate is not None:  # the mark of an "answered" gate: its answer is out
+            gate.reached.set()
+
+    def _recording(self, send: Send, method: str, path: str) -> Send:
         async def recording_send(message: Message) -> None:
             # Counted before the response leaves, so a client holding the answer always finds it counted.
             if message["type"] == "http.response.start":
                 self.recorder.record(method, path, message["status"])
             await send(message)
 
-        await self.app(scope, receive, recording_send)
+        return recording_send
+
+    async def _run_captured(self, scope: Scope, receive: Receive, send: Send, decision: FaultDecision,
+                            hold: RequestGate | None) -> None:
+        """The app's whole answer kept, then held (``hold``), dropped, truncated or sent as it was."""
+        method, path = scope["method"], scope["path"]
+        start, body = await _capture(self.app, scope, receive)
+        if hold is not None and not await hold.hold(receive, mark=True):
+            self.recorder.record_vanished(method, path)  # applied, and its client never learns it
+            return
+        if decision.drop:
+            self.recorder.record(method, path, None)
+            await _drop_connection(send, body)
+            return
+        self.recorder.record(method, path, start["status"])
+        if decision.malformed:
+            await _send_truncated(send, start, body)
+        else:
+            await _send_whole(send, start, body)
 
     async def _admin(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = await self._admin_response(scope, receive)
@@ -478,6 +668,44 @@ async def _read_json_object(receive: Receive) -> dict[str, Any]:
     return data
 
 
+async def _read_body_unless_gone(receive: Receive) -> bytes | None:
+    """The whole request body, or None when the client disconnects before it is all in."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return once the client has disconnected (the request body must have been read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _held_request(gate: RequestGate, receive: Receive, *, mark: bool) -> Receive | None:
+    """Hold a request before the app; then a ``receive`` that replays its body, or None if the client left.
+
+    The body is read first: only then does ``receive`` tell of a disconnect.
+    """
+    body = await _read_body_unless_gone(receive)
+    if body is None or not await gate.hold(receive, mark=mark):
+        return None
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
 async def _capture(app: ASGIApp, scope: Scope, receive: Receive) -> tuple[Message, bytes]:
     """Run the app to completion, keeping its response instead of sending it."""
     start: Message = {}
@@ -491,6 +719,12 @@ async def _capture(app: ASGIApp, scope: Scope, receive: Receive) -> tuple[Messag
 
     await app(scope, receive, keep)
     return start, b"".join(chunks)
+
+
+async def _send_whole(send: Send, start: Message, body: bytes) -> None:
+    """A captured response as the app gave it."""
+    await send({"type": "http.response.start", "status": start["status"], "headers": start.get("headers", [])})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _send_truncated(send: Send, start: Message, body: bytes) -> None:

@@ -17,6 +17,9 @@ In tests::
         sim.faults.error_rate = 0.5          # takes effect on the next request
         sim.state.block("+16501234567")      # change data "at the provider"
         sim.request_counts()                 # {"GET /v1/contacts": 1}
+        gate = sim.hold(3, phase="applied", endpoint="POST /v1/contacts")
+        gate.reached.wait(5)                 # the 3rd create is applied, its answer held
+        gate.release()                       # (or the client dies: the request is dropped quietly)
 
 From a shell: ``python -m syncd.simulators.server sendhub --port 8000 --contacts 100``.
 """
@@ -39,7 +42,7 @@ from typing import Any
 
 import uvicorn
 
-from syncd.simulators.faults import DefaultFaultHooks, FaultMiddleware, Faults, install_log_filter
+from syncd.simulators.faults import DefaultFaultHooks, FaultMiddleware, Faults, RequestGate, install_log_filter
 
 __all__ = ["BASE_PATHS", "KINDS", "SimulatorServer", "main", "serve_forever", "start_simulator"]
 
@@ -169,8 +172,28 @@ class SimulatorServer:
         """``(method, path, status)`` of recent requests, oldest first; status None = dropped."""
         return list(self.middleware.recorder.log)
 
+    def vanished_counts(self) -> dict[str, int]:
+        """Requests per endpoint whose client vanished before any answer (not in the counts or the log)."""
+        return dict(self.middleware.recorder.vanished)
+
     def reset_counts(self) -> None:
         self.middleware.recorder.reset()
+
+    def hold(self, nth: int, *, phase: str = "before", endpoint: str | None = None) -> RequestGate:
+        """Hold requests from the ``nth`` matching one on (see :class:`RequestGate`); a test hook.
+
+        The new gate replaces the previous one, which is released first.
+        """
+        gate = RequestGate(nth, phase=phase, endpoint=endpoint)
+        previous, self.middleware.gate = self.middleware.gate, gate
+        if previous is not None:
+            previous.release()
+        return gate
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being handled right now (held ones included, admin ones excluded)."""
+        return self.middleware.in_flight
 
     def _config(self) -> uvicorn.Config:
         install_log_filter()
@@ -201,7 +224,9 @@ class SimulatorServer:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the socket; idempotent."""
+        """Stop serving and close the socket; idempotent. Held requests are released first."""
+        if self.middleware.gate is not None:
+            self.middleware.gate.release()  # else shutdown would wait out its grace, then cancel them
         if self._server is not None and self._thread is not None:
             self._server.should_exit = True
             self._thread.join(timeout=10)
