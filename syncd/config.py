@@ -112,6 +112,7 @@ class SyncSettings:
     default_region: str = "IT"
     max_delete_fraction: float = 0.25
     log_retention_days: int = 90
+    full_every: float = 86_400.0  # seconds between full runs (the safety net of change detection); default a day
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,6 +447,23 @@ def _database_url(value: object) -> str:
 
 _positive_number = _checked(_number, lambda n: n > 0, "greater than 0")
 
+_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd])\s*")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: object) -> float:
+    """Seconds, as a number or as text with a unit: ``"90s"``, ``"30m"``, ``"12h"``, ``"1d"``."""
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value)
+        if not match:
+            raise _Invalid(f'must be seconds or a duration such as "30m", "12h" or "1d", found {_show(value)}')
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        seconds = _number(value)
+    if seconds <= 0:
+        raise _Invalid("must be greater than 0")
+    return seconds
+
 _SECTIONS: dict[str, tuple[type, dict[str, Validator]]] = {
     "database": (DatabaseSettings, {"url": _database_url}),
     "schedule": (ScheduleSettings, {"interval_seconds": _positive_number}),
@@ -456,6 +474,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Validator]]] = {
             "default_region": _region,
             "max_delete_fraction": _checked(_number, lambda n: 0 <= n <= 1, "between 0 and 1"),
             "log_retention_days": _checked(_integer, lambda n: n >= 1, "at least 1"),
+            "full_every": _duration,
         },
     ),
     "logging": (LoggingSettings, {"level": _one_of(LOG_LEVELS), "format": _one_of(LOG_FORMATS)}),

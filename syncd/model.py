@@ -19,12 +19,13 @@ Nothing here imports httpx, SQLAlchemy or structlog: these are plain values.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, TypeAlias
+
+import orjson
 
 __all__ = [
     "NOTHING_KEPT",
@@ -37,6 +38,7 @@ __all__ = [
     "RemoteContact",
     "RemoteGroup",
     "WriteOutcome",
+    "digest",
     "fingerprint",
     "group_key",
 ]
@@ -58,8 +60,12 @@ def group_key(name: str) -> str:
 
 def fingerprint(fields: Fields) -> str:
     """A stable digest of projected fields (key order does not matter)."""
-    blob = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    return digest(orjson.dumps(fields, default=str, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS))
+
+
+def digest(blob: bytes) -> str:
+    """The fingerprint of some bytes: 32 hex digits."""
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +135,9 @@ class RemoteContact:
     """Provider-owned attributes a replace-style write would reset (SendHub's
     ``screened`` and ``keyword``), as last pulled; the engine passes them back
     as ``ContactWrite.kept``. Not part of equality (it is not synced data)."""
+    fingerprint: str = ""
+    """The client's digest of the record as the provider sent it ("" when it has none): a
+    pull compares it with the mirror's to skip records that did not change."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,35 +12,41 @@ field and the value, and skipped; the other rows are read as usual.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Integer, LargeBinary, Select, Text, cast, select, type_coerce
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
+from syncd.db.batch import rows_in
 from syncd.db.models import ContactRow, GroupMemberRow, GroupRow, UTCDateTime
 from syncd.errors import excerpt
 from syncd.model import Contact, Group
 from syncd.phones import InvalidPhone, to_e164
 
-__all__ = ["Book", "read_book"]
+__all__ = ["KEEPER", "Book", "Invalid", "read_contacts", "read_groups"]
 
 Invalid = tuple[int, str, str]  # (row id, field, problem naming the value)
+
+# A phone already in E.164 (what syncd writes): read as is unless its row changed.
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 
 
 @dataclass
 class Book:
-    """The canonical book in memory: contacts (by id) with their groups, and groups.
+    """Canonical records in memory: some contacts (by id) with their groups, and every group.
 
-    ``invalid`` lists contact rows the engine cannot sync (unreadable phone, or a
-    phone another row already has, or a value it cannot read), each with the
-    field and the reason; ``invalid_groups`` likewise groups (one whose name
-    another group has, trimmed and case-folded). They are skipped, and
-    memberships in a skipped group are left out of ``contacts``.
+    A run loads only the contacts it reconciles. ``invalid`` lists loaded
+    contact rows the engine cannot sync (unreadable phone, a phone another row
+    already holds, a value it cannot read), each with the field and the reason;
+    ``invalid_groups`` likewise groups (one whose name another group has,
+    trimmed and case-folded). They are skipped, and memberships in a skipped
+    group are left out of ``contacts``.
     """
 
     contacts: dict[int, Contact]
@@ -48,43 +54,90 @@ class Book:
     invalid: list[Invalid] = field(default_factory=list)
     invalid_groups: list[Invalid] = field(default_factory=list)
 
-    def contact_by_phone(self) -> dict[str, int]:
-        return {c.phone: cid for cid, c in self.contacts.items()}
-
     def group_by_key(self) -> dict[str, int]:
         return {g.key: gid for gid, g in self.groups.items()}
 
 
-def read_book(session: Session, default_region: str) -> tuple[Book, dict[int, str]]:
-    """The book, and the phones to rewrite in E.164 (contact id -> E.164)."""
+def read_groups(session: Session) -> tuple[dict[int, Group], list[Invalid]]:
+    """Every readable group by id, and the rows that are not (see :func:`_unique_groups`)."""
     columns = _Columns(session.get_bind().dialect)
-    groups, bad_groups = _unique_groups(columns, session.execute(columns.group_query()))
-    members: dict[int, set[int]] = {}
-    for gid, cid in session.execute(select(GroupMemberRow.group_id, GroupMemberRow.contact_id)):
-        if gid in groups:
-            members.setdefault(cid, set()).add(gid)
-    book = Book({}, groups, invalid_groups=bad_groups)
-    seen: dict[str, int] = {}
-    written: set[str] = set()  # every phone as stored
-    fixes: dict[int, str] = {}
-    for row in session.execute(columns.contact_query()):
+    return _unique_groups(columns, session.execute(columns.group_query()))
+
+
+def read_contacts(session: Session, ids: Collection[int] | None, groups: Mapping[int, Group], default_region: str,
+                  *, check: Callable[[int], bool]) -> tuple[dict[int, Contact], list[Invalid], dict[int, str]]:
+    """The contacts ``ids`` (None: all), the rows among them that cannot be read, and the phones to rewrite in E.164.
+
+    A phone is parsed (``phonenumbers``) only when it is not already written in
+    E.164 or ``check(id)`` says the row changed since it was last read: a
+    number that has not changed is not validated again. One number held by
+    several rows (written in different spellings) stays with the lowest id; the
+    others are reported (:func:`_one_row_per_number`).
+    """
+    columns = _Columns(session.get_bind().dialect)
+    members = _members(session, ids, groups)
+    contacts: dict[int, Contact] = {}
+    invalid: list[Invalid] = []
+    stored: dict[int, str] = {}  # the phone as written, for rows where it is not their E.164
+    for row in rows_in(session, columns.contact_query(), ContactRow.id, ids):
         try:
             phone = columns.text(row.phone, "phone")
-            written.add(phone)
-            contact = columns.contact(row, phone, default_region, members.get(row.id, ()))
-            if contact.phone in seen:
-                raise _Unreadable("phone", f"{phone!r} is the same number as contact {seen[contact.phone]} "
-                                           f"({contact.phone})")
+            trusted = _E164.fullmatch(phone) is not None and not check(row.id)
+            contacts[row.id] = columns.contact(row, phone, default_region, members.get(row.id, ()), trusted=trusted)
         except _Unreadable as exc:
-            book.invalid.append((row.id, exc.field, exc.problem))
+            invalid.append((row.id, exc.field, exc.problem))
             continue
-        seen[contact.phone] = row.id
-        book.contacts[row.id] = contact
-        if contact.phone != phone:
-            fixes[row.id] = contact.phone
-    # A number another row holds verbatim stays as written (that row is the
-    # reported duplicate): rewriting it would break the unique constraint.
-    return book, {cid: e164 for cid, e164 in fixes.items() if e164 not in written}
+        if contacts[row.id].phone != phone:
+            stored[row.id] = phone
+    fixes = _one_row_per_number(session, contacts, stored, {cid for cid, _, _ in invalid}, invalid)
+    return contacts, invalid, fixes
+
+
+def _one_row_per_number(session: Session, contacts: dict[int, Contact], stored: Mapping[int, str],
+                        unreadable: set[int], invalid: list[Invalid]) -> dict[int, str]:
+    """Rows meaning the same number: the lowest id keeps it, the others move to ``invalid``.
+
+    A row that writes its number in another spelling is rewritten in E.164 (the
+    fixes returned), unless another row holds it written so: then the unique
+    constraint forbids it, and it stays as written. Only rows read here and the
+    rows writing their number in E.164 are compared (the spellings of other rows
+    are rewritten on the first run that reads them); a row read here never takes
+    a number away from a valid row that was not read.
+    """
+    by_number: dict[str, list[int]] = {}
+    for cid, contact in contacts.items():
+        by_number.setdefault(contact.phone, []).append(cid)
+    shared = {number for number, ids in by_number.items() if len(ids) > 1 or any(i in stored for i in ids)}
+    if not shared:
+        return {}
+    verbatim = {phone: cid for cid, phone in
+                rows_in(session, select(ContactRow.id, ContactRow.phone), ContactRow.phone, shared)}
+    fixes: dict[int, str] = {}
+    for number in sorted(shared):
+        ids, holder = sorted(by_number[number]), verbatim.get(number)
+        outside = holder is not None and holder not in contacts and holder not in unreadable
+        keeper = holder if outside else ids[0]
+        for cid in ids:
+            if cid != keeper:
+                written = stored.get(cid, contacts[cid].phone)
+                invalid.append((cid, "phone", f"{written!r} is the same number as contact {keeper} ({number})"))
+                del contacts[cid]
+        if keeper in stored and holder in (None, keeper):
+            fixes[keeper] = number
+    return fixes
+
+
+#: How a duplicate-number report names the row that keeps the number (see :func:`_one_row_per_number`).
+KEEPER = re.compile(r"is the same number as contact ([0-9]+) ")
+
+
+def _members(session: Session, ids: Collection[int] | None, groups: Mapping[int, Group]) -> dict[int, set[int]]:
+    members: dict[int, set[int]] = {}
+    query = select(GroupMemberRow.group_id, GroupMemberRow.contact_id)
+    for gid, cid in rows_in(session, query, GroupMemberRow.contact_id, ids):
+        if gid in groups:
+            members.setdefault(cid, set()).add(gid)
+    return members
 
 
 class _Unreadable(Exception):
@@ -110,16 +163,16 @@ class _Columns:
         return select(c.id, self._raw(c.phone).label("phone"), self._raw(c.name).label("name"),
                       self._raw(c.surname).label("surname"), self._raw(c.email).label("email"),
                       extra.label("extra"), type_coerce(c.opted_out, Integer).label("opted_out"),
-                      self._raw(c.updated_at).label("updated_at")).order_by(c.id)
+                      self._raw(c.updated_at).label("updated_at"))
 
     def group_query(self) -> Select[Any]:
         g = GroupRow
         return select(g.id, self._raw(g.name).label("name"), self._raw(g.description).label("description"),
                       self._raw(g.updated_at).label("updated_at")).order_by(g.id)
 
-    def contact(self, row: Any, phone: str, default_region: str, groups: Iterable[int]) -> Contact:
+    def contact(self, row: Any, phone: str, default_region: str, groups: Iterable[int], *, trusted: bool) -> Contact:
         try:
-            e164 = to_e164(phone, default_region)
+            e164 = phone if trusted else to_e164(phone, default_region)
         except InvalidPhone as exc:
             raise _Unreadable("phone", str(exc)) from None
         extra = self.json_object(row.extra)
@@ -156,8 +209,8 @@ class _Columns:
     def json_object(self, raw: Any) -> Mapping[str, Any]:
         text = self.text(raw, "extra")
         try:
-            value = json.loads(text) if raw is not None else None
-        except ValueError:
+            value = orjson.loads(text) if raw is not None else None
+        except orjson.JSONDecodeError:
             raise _Unreadable("extra", f"extra is not valid JSON: {excerpt(text, 60)!r}") from None
         if not isinstance(value, dict):
             raise _Unreadable("extra", f"extra must be a JSON object, got {type(value).__name__}: {excerpt(text, 60)!r}")

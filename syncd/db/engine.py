@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -56,6 +57,9 @@ def make_engine(url: str | URL, **kw: Any) -> Engine:
     """
     parsed = normalise_url(url)
     kw.setdefault("pool_pre_ping", True)
+    # JSON columns (mirror fields, bases, the change log) through orjson: several times faster both ways.
+    kw.setdefault("json_serializer", _json_text)
+    kw.setdefault("json_deserializer", orjson.loads)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(parsed, **kw)
     _ensure_sqlite_directory(parsed)
@@ -64,6 +68,11 @@ def make_engine(url: str | URL, **kw: Any) -> Engine:
     engine = create_engine(parsed, **kw)
     _install_sqlite_hooks(engine, in_memory=_sqlite_file(parsed) is None)
     return engine
+
+
+def _json_text(value: Any) -> str:
+    """JSON text of a column value (``default=str`` for the odd non-JSON value, as before)."""
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

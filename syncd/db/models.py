@@ -45,8 +45,46 @@ never renamed.
 it on every ``UPDATE`` of ``contacts`` or ``groups`` that does not itself set
 it to a new value (PostgreSQL: ``statement_timestamp()``; SQLite:
 ``CURRENT_TIMESTAMP``, to the second). Adding or removing a membership does
-not touch the contact's ``updated_at``: the engine compares memberships
-themselves on every run, so no timestamp is needed to notice them.
+not touch the contact's ``updated_at``; it is journalled (below) like any other
+change, which is how the engine notices it.
+
+Change detection
+================
+
+A run reconciles only the records that may be out of step; everything else is
+known to be in step and is not read, parsed or projected.
+
+* **The journal** (``record_changes``). Triggers append a row for every
+  ``INSERT``, ``UPDATE`` and ``DELETE`` of ``contacts``, ``groups`` and
+  ``group_members`` (a membership change journals its contact), so edits made
+  with plain SQL are seen exactly like the engine's own. The engine appends
+  rows too, naming one account: the remote records a pull found new, changed
+  or gone (written with the mirror rows, in the same transaction, so a run
+  killed after its pull still hands them on), and the records a run left out
+  of step (a failed push, a guarded delete, a link dropped...).
+* **Positions** (``sync_positions``). Each account remembers how far it has
+  read the journal. A run reads the rows past the account's position (the
+  account's own rows and those of no account), reconciles those records, and
+  on success moves the position to where the journal stood *when the run
+  started*, so whatever was written during the run is read again next time.
+  On SQLite writers are serialised, so the position is the highest ``seq``
+  seen. On PostgreSQL transactions commit out of ``seq`` order, so each row
+  carries its writer's transaction id and the position is the oldest
+  transaction still running when the run started (``pg_snapshot_xmin``): every
+  row of an older transaction is already visible, and a row of a transaction
+  still running then is at or past the position, so it is read by the next run
+  whatever order the transactions commit in.
+* **Remote side.** Each pulled record is fingerprinted as its page arrives and
+  compared with the mirror's stored fingerprint (one lean query); an unchanged
+  record is dropped there and then.
+* **Full runs** reconcile every record: ``syncd sync --full``, every
+  ``sync.full_every``, and whenever an account has no position yet, its
+  settings changed in a way that changes projections, or its position fell
+  behind the journal's pruned start. A full run and an incremental run plan
+  the same operations (a hypothesis state-machine test holds them to it).
+
+The journal is pruned at the end of each run up to the lowest position of the
+configured accounts.
 
 Engine tables
 =============
@@ -56,12 +94,15 @@ Private to the engine; readable, but not an interface.
 ``remote_groups`` — the mirror of each account's groups, as last pulled
     ``provider``, ``remote_id`` (together the key), ``name``,
     ``description``, ``modified_at`` (when the provider reports one),
-    ``fingerprint``, ``seen_run_id`` (the last run whose pull listed it).
+    ``fingerprint``, ``seen_run_id`` (the last run whose pull listed it),
+    ``kept`` (JSON: attributes the provider owns and syncd must resend on a
+    write that replaces the record, such as a SendHub group's keyword).
 ``remote_contacts`` — the mirror of each account's contacts
     ``provider``, ``remote_id`` (key), ``phone`` (E.164 when it parses, else
     the provider's value; indexed with ``provider``), ``fields`` (JSON, the
     provider's field space), ``groups`` (JSON list of remote group ids),
-    ``opted_out``, ``modified_at``, ``fingerprint``, ``seen_run_id``. For an
+    ``opted_out``, ``modified_at``, ``fingerprint`` (of the record as the
+    provider sent it), ``seen_run_id``, ``kept`` (as for groups). For an
     outbound-only account (smsend contacts) it holds what syncd last wrote.
 ``links`` — which remote record is which canonical record, with the base
     ``provider``, ``entity`` (``contact``/``group``), ``canonical_id``,
@@ -73,6 +114,16 @@ Private to the engine; readable, but not an interface.
 ``pull_state`` — the last pull per account
     ``provider`` (key), ``run_id``, ``complete`` (an incomplete pull infers no
     deletion), ``finished_at``, ``error``.
+``record_changes`` — the change journal (see "Change detection")
+    ``seq`` (key, never reused), ``provider`` (null: a change to the canonical
+    book; else the account an engine-written row concerns), ``entity``
+    (``contact``/``group``), ``canonical_id`` or ``remote_id``, ``txid``
+    (PostgreSQL: the writing transaction's id; null on SQLite).
+``sync_positions`` — each account's place in the journal
+    ``provider`` (key), ``position`` (a ``seq`` on SQLite, a transaction id on
+    PostgreSQL), ``settings`` (a fingerprint of the settings projections
+    depend on: when it changes, the next run is a full one), ``full_at``
+    (the last full run). The row ``*`` holds the journal's pruned start.
 ``sync_leases`` — which replica syncs which account (design §7)
     ``provider`` (key: the account name), ``owner`` (``host:pid:uuid``),
     ``host``, ``pid``, ``acquired_at``, ``expires_at``, ``generation`` (the
@@ -93,6 +144,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Dialect,
@@ -124,9 +176,11 @@ __all__ = [
     "JSONValue",
     "LinkRow",
     "PullStateRow",
+    "RecordChangeRow",
     "RemoteContactRow",
     "RemoteGroupRow",
     "SyncLeaseRow",
+    "SyncPositionRow",
     "SyncRunRow",
     "UTCDateTime",
 ]
@@ -319,6 +373,7 @@ class RemoteGroupRow(Base):
     modified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
     seen_run_id: Mapped[int | None] = mapped_column(Integer)
+    kept: Mapped[dict[str, Any]] = mapped_column(JSONValue(), nullable=False, server_default="{}")
 
 
 class RemoteContactRow(Base):
@@ -339,6 +394,7 @@ class RemoteContactRow(Base):
     modified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
     seen_run_id: Mapped[int | None] = mapped_column(Integer)
+    kept: Mapped[dict[str, Any]] = mapped_column(JSONValue(), nullable=False, server_default="{}")
 
 
 class LinkRow(Base):
@@ -385,3 +441,30 @@ class SyncLeaseRow(Base):
     expires_at: Mapped[datetime] = _now_column()
     generation: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
 
+
+
+class RecordChangeRow(Base):
+    """One journal entry: a record that may have changed (table ``record_changes``)."""
+
+    __tablename__ = "record_changes"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    # INTEGER on SQLite: only an INTEGER PRIMARY KEY can be AUTOINCREMENT (never reused).
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True,
+                                     autoincrement=True)
+    provider: Mapped[str | None] = mapped_column(Text)
+    entity: Mapped[str] = mapped_column(String(16), nullable=False)
+    canonical_id: Mapped[int | None] = mapped_column(Integer)
+    remote_id: Mapped[str | None] = mapped_column(Text)
+    txid: Mapped[int | None] = mapped_column(BigInteger, index=True)
+
+
+class SyncPositionRow(Base):
+    """How far one account has read the journal (table ``sync_positions``)."""
+
+    __tablename__ = "sync_positions"
+
+    provider: Mapped[str] = mapped_column(Text, primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    settings: Mapped[str] = mapped_column(String(64), nullable=False)
+    full_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -1,23 +1,27 @@
-"""The engine's database I/O: the canonical book, links, mirror, runs and change log.
+"""The engine's database I/O: the canonical book, links, mirror, journal, runs and change log.
 
-One :class:`Store` per run. In a dry run (``syncd plan``) every method that
-would write returns what it would have produced and writes nothing, so plan and
-sync share one code path.
+One :class:`Store` per run. Every write is a Core statement over many rows
+(``executemany``), never an ORM object per record. A dry run (``syncd plan``)
+uses the very same code: its Store runs everything inside one transaction that
+is rolled back at the end (:meth:`Store.close`), so plan and sync share one
+code path and a plan leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import itertools
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, String, cast, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, LargeBinary, String, cast, delete, func, insert, or_, select, type_coerce, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from syncd.db.canonical import Book, read_book
+from syncd.db import journal
+from syncd.db.batch import chunks, rows_in
+from syncd.db.canonical import Book, Invalid, read_contacts, read_groups
 from syncd.db.models import (
     ChangeLogRow,
     ContactRow,
@@ -34,10 +38,7 @@ from syncd.model import Contact, Group, RemoteContact, RemoteGroup, fingerprint
 from syncd.sync.plan import Operation
 from syncd.sync.reconcile import BaseRecord
 
-__all__ = ["Book", "LogEntry", "Store", "utcnow"]
-
-CHUNK = 500  # rows per INSERT/UPDATE batch: bounded statements on both engines
-
+__all__ = ["Book", "Ledger", "LedgerRow", "LogEntry", "Store", "utcnow"]
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -56,22 +57,58 @@ class LogEntry:
     fingerprint: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    """A record's latest outbound change-log row, when it failed or was rejected."""
+
+    id: int
+    status: str  # failed | rejected
+    attempts: int
+    next_attempt_at: datetime | None
+    fingerprint: str | None  # rejected: the projection refused (retried once the record changes)
+
+    def due(self, now: datetime, cap: int) -> bool:
+        """A failed record whose next attempt has come (and that has attempts left)."""
+        return (self.status == "failed" and self.attempts < cap
+                and (self.next_attempt_at is None or self.next_attempt_at <= now))
+
+
+Ledger = dict[tuple[str, int | None, str | None], LedgerRow]
+"""(entity, canonical id, remote id when there is no canonical id) -> the record's :class:`LedgerRow`."""
+
+
 class Store:
-    """Database access for one run."""
+    """Database access for one run (a context manager: see :meth:`close`)."""
 
     def __init__(self, engine: Engine, *, dry_run: bool = False) -> None:
         self.engine = engine
         self.dry_run = dry_run
-        self._fake_ids = itertools.count(-1, -1)
+        self._connection: Connection | None = None
+        if dry_run:
+            self._connection = engine.connect()
+            self._connection.begin()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the run's use of the database; a dry run's writes are rolled back here."""
+        if self._connection is not None:
+            self._connection.rollback()
+            self._connection.close()
+            self._connection = None
 
     def session(self) -> Session:
+        if self._connection is not None:  # a dry run: every transaction is a savepoint of the one rolled back
+            return Session(self._connection, expire_on_commit=False, join_transaction_mode="create_savepoint")
         return Session(self.engine, expire_on_commit=False)
 
     # -- runs ---------------------------------------------------------------
 
     def start_run(self, trigger: str, owner: str) -> int:
-        if self.dry_run:
-            return 0
         with self.session() as s, s.begin():
             self._close_dead_runs(s)
             row = SyncRunRow(started_at=utcnow(), trigger=trigger, status="running", summary={}, owner=owner)
@@ -88,16 +125,12 @@ class Store:
                 run.status, run.finished_at, run.error = "failed", utcnow(), "interrupted: its process ended mid-run"
 
     def finish_run(self, run_id: int, status: str, summary: dict[str, Any], error: str | None = None) -> None:
-        if self.dry_run:
-            return
         with self.session() as s, s.begin():
             s.execute(update(SyncRunRow).where(SyncRunRow.id == run_id).values(
                 finished_at=utcnow(), status=status, summary=summary, error=error))
 
     def settle_interrupted(self, providers: Iterable[str]) -> int:
         """Operations left ``pending`` by a run that died: mark them failed (this run re-plans them)."""
-        if self.dry_run:
-            return 0
         with self.session() as s, s.begin():
             result = s.execute(update(ChangeLogRow)
                                .where(ChangeLogRow.status == "pending", ChangeLogRow.provider.in_(list(providers)))
@@ -105,88 +138,175 @@ class Store:
                                                               "re-planned from the provider's state"))
             return result.rowcount or 0
 
+    # -- journal ------------------------------------------------------------
+
+    def journal_position(self) -> int:
+        with self.session() as s:
+            return journal.current_position(s.connection())
+
+    def journal_changes(self, provider: str, position: int) -> journal.Changes:
+        with self.session() as s:
+            return journal.changes_since(s.connection(), provider, position)
+
+    def positions(self) -> dict[str, journal.Position]:
+        with self.session() as s:
+            return journal.positions(s.connection())
+
+    def save_position(self, provider: str, position: int, settings: str, *, full: bool,
+                      marks: Collection[int] = (), remote_marks: Collection[str] = ()) -> None:
+        """Move an account past what it reconciled, journalling what it left out of step (one transaction)."""
+        with self.session() as s, s.begin():
+            conn = s.connection()
+            journal.record(conn, provider, "contact", canonical_ids=sorted(marks), remote_ids=sorted(remote_marks))
+            journal.save_position(conn, provider, position, settings, utcnow() if full else None)
+
+    def mark(self, provider: str, *, canonical_ids: Collection[int] = (), remote_ids: Collection[str] = ()) -> None:
+        """Journal contacts of ``provider`` for its next run to look at."""
+        with self.session() as s, s.begin():
+            journal.record(s.connection(), provider, "contact", canonical_ids=sorted(canonical_ids),
+                           remote_ids=sorted(remote_ids))
+
+    def prune_journal(self, accounts: Collection[str]) -> int:
+        with self.session() as s, s.begin():
+            conn = s.connection()
+            return journal.prune(conn, accounts, journal.positions(conn))
+
     # -- canonical book -----------------------------------------------------
 
-    def load_book(self, default_region: str) -> Book:
-        """Read the book (rows syncd cannot read are listed, see :mod:`syncd.db.canonical`),
-        normalising phones written in other formats (by SQL) to E.164."""
+    def load_groups(self) -> tuple[dict[int, Group], list[Invalid]]:
         with self.session() as s:
-            book, fixes = read_book(s, default_region)
-        self._normalise_phones(fixes)
-        return book
+            return read_groups(s)
 
-    def _normalise_phones(self, fixes: Mapping[int, str]) -> None:
-        if self.dry_run or not fixes:
+    def load_contacts(self, ids: Collection[int] | None, groups: Mapping[int, Group], default_region: str,
+                      *, check: Collection[int] | None = None) -> tuple[dict[int, Contact], list[Invalid]]:
+        """Contacts ``ids`` (None: all) and the rows among them syncd cannot read (:mod:`syncd.db.canonical`).
+
+        Phones are validated for rows in ``check`` (None: every row) and for any
+        not written in E.164; phones written in another spelling are rewritten in E.164.
+        """
+        checked = (lambda _cid: True) if check is None else check.__contains__
+        with self.session() as s:
+            contacts, invalid, fixes = read_contacts(s, ids, groups, default_region, check=checked)
+        if fixes:
+            with self.session() as s, s.begin():
+                s.execute(update(ContactRow), [{"id": cid, "phone": phone} for cid, phone in fixes.items()])
+        return contacts, invalid
+
+    def load_book(self, default_region: str) -> Book:
+        """The whole book, every row checked (tests and benchmarks; runs load what they reconcile)."""
+        groups, invalid_groups = self.load_groups()
+        contacts, invalid = self.load_contacts(None, groups, default_region)
+        return Book(contacts, groups, invalid, invalid_groups)
+
+    def contact_phones(self, ids: Collection[int] | None) -> dict[int, str]:
+        """Stored phones (as written) of the contacts ``ids`` that exist (None: all).
+
+        Read as bytes on SQLite, which stores any text a client sends: a phone
+        that is not UTF-8 comes back with replacement characters (the row's own
+        load reports it).
+        """
+        phone: Any = ContactRow.phone
+        if self.engine.dialect.name == "sqlite":
+            phone = cast(phone, LargeBinary)
+        with self.session() as s:
+            return {cid: raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+                    for cid, raw in rows_in(s, select(ContactRow.id, phone), ContactRow.id, ids)}
+
+    def contacts_with_phones(self, phones: Collection[str]) -> dict[str, int]:
+        """Canonical ids of the contacts storing each of ``phones`` verbatim."""
+        with self.session() as s:
+            return {phone: cid for cid, phone in
+                    rows_in(s, select(ContactRow.id, ContactRow.phone), ContactRow.phone, phones)}
+
+    def count_contacts(self) -> int:
+        with self.session() as s:
+            return s.execute(select(func.count()).select_from(ContactRow)).scalar_one()
+
+    def canonical_members(self, group_ids: Collection[int]) -> set[int]:
+        with self.session() as s:
+            return {cid for (cid,) in rows_in(s, select(GroupMemberRow.contact_id), GroupMemberRow.group_id, group_ids)}
+
+    def create_contacts(self, s: Session, contacts: Sequence[Contact]) -> list[int]:
+        """Insert contacts with their memberships; their new ids, in order."""
+        if not contacts:
+            return []
+        rows = [{"phone": c.phone, "name": c.name, "surname": c.surname, "email": c.email, "extra": dict(c.extra),
+                 "opted_out": c.opted_out} for c in contacts]
+        statement = insert(ContactRow).returning(ContactRow.id, sort_by_parameter_order=True)
+        ids = [cid for chunk in chunks(rows) for cid in s.scalars(statement, chunk)]
+        self._insert_members(s, [(cid, c.groups) for cid, c in zip(ids, contacts, strict=True)])
+        return ids
+
+    def update_contacts(self, s: Session, contacts: Sequence[Contact], *, groups_changed: Collection[int]) -> None:
+        """Write contacts' attributes; replace the memberships of those in ``groups_changed``."""
+        if not contacts:
             return
-        with self.session() as s, s.begin():
-            for cid, phone in fixes.items():
-                s.execute(update(ContactRow).where(ContactRow.id == cid).values(phone=phone))
+        now = utcnow()
+        rows = [{"id": c.id, "phone": c.phone, "name": c.name, "surname": c.surname, "email": c.email,
+                 "extra": dict(c.extra), "opted_out": c.opted_out, "updated_at": now} for c in contacts]
+        for chunk in chunks(rows):
+            s.execute(update(ContactRow), chunk)  # bulk UPDATE by primary key: one executemany
+        moved = [(c.id, c.groups) for c in contacts if c.id in groups_changed and c.id is not None]
+        for chunk in chunks([cid for cid, _ in moved]):
+            s.execute(delete(GroupMemberRow).where(GroupMemberRow.contact_id.in_(chunk)))
+        self._insert_members(s, moved)
 
-    def create_contact(self, s: Session, contact: Contact) -> int:
-        if self.dry_run:
-            return next(self._fake_ids)
-        row = ContactRow(phone=contact.phone, name=contact.name, surname=contact.surname, email=contact.email,
-                         extra=dict(contact.extra), opted_out=contact.opted_out)
-        s.add(row)
-        s.flush()
-        self._set_members(s, row.id, contact.groups)
-        return row.id
+    def _insert_members(self, s: Session, members: Iterable[tuple[int | None, Iterable[int]]]) -> None:
+        rows = [{"group_id": g, "contact_id": cid} for cid, groups in members for g in sorted(groups)
+                if g > 0 and cid is not None]
+        for chunk in chunks(rows):
+            s.execute(insert(GroupMemberRow), chunk)
 
-    def update_contact(self, s: Session, contact: Contact, *, groups_changed: bool) -> None:
-        if self.dry_run:
-            return
-        s.execute(update(ContactRow).where(ContactRow.id == contact.id).values(
-            phone=contact.phone, name=contact.name, surname=contact.surname, email=contact.email, extra=dict(contact.extra),
-            opted_out=contact.opted_out, updated_at=utcnow()))
-        if groups_changed:
-            s.execute(delete(GroupMemberRow).where(GroupMemberRow.contact_id == contact.id))
-            self._set_members(s, contact.id, contact.groups)
-
-    def _set_members(self, s: Session, cid: int, groups: Iterable[int]) -> None:
-        rows = [{"group_id": g, "contact_id": cid} for g in sorted(groups) if g > 0]
-        if rows:
-            s.execute(insert(GroupMemberRow), rows)
-
-    def delete_contact(self, s: Session, cid: int) -> None:
-        if not self.dry_run:
-            s.execute(delete(ContactRow).where(ContactRow.id == cid))
+    def delete_contacts(self, s: Session, ids: Collection[int]) -> None:
+        for chunk in chunks(sorted(ids)):
+            s.execute(delete(ContactRow).where(ContactRow.id.in_(chunk)))
 
     def create_group(self, s: Session, group: Group) -> int:
-        if self.dry_run:
-            return next(self._fake_ids)
-        row = GroupRow(name=group.name, description=group.description)
-        s.add(row)
-        s.flush()
-        return row.id
+        return s.execute(insert(GroupRow).values(name=group.name, description=group.description)
+                         .returning(GroupRow.id)).scalar_one()
 
     def update_group(self, s: Session, group: Group) -> None:
-        if not self.dry_run:
-            s.execute(update(GroupRow).where(GroupRow.id == group.id).values(
-                name=group.name, description=group.description, updated_at=utcnow()))
+        s.execute(update(GroupRow).where(GroupRow.id == group.id).values(
+            name=group.name, description=group.description, updated_at=utcnow()))
 
     def delete_group(self, s: Session, gid: int) -> None:
-        if not self.dry_run:
-            s.execute(delete(GroupRow).where(GroupRow.id == gid))
+        s.execute(delete(GroupRow).where(GroupRow.id == gid))
 
     # -- links ----------------------------------------------------------------
 
-    def load_links(self, provider: str, entity: str) -> dict[int, BaseRecord]:
-        with self.session() as s:
-            rows = s.execute(select(LinkRow.canonical_id, LinkRow.remote_id, LinkRow.base)
-                             .where(LinkRow.provider == provider, LinkRow.entity == entity)).all()
-        return {cid: BaseRecord(rid, base or {}) for cid, rid, base in rows}
+    def load_links(self, provider: str, entity: str, *, cids: Collection[int] | None = None,
+                   rids: Collection[str] | None = None) -> dict[int, BaseRecord]:
+        """Links (with their bases) of ``cids`` and of ``rids``; every link of the account when both are None."""
+        query = select(LinkRow.canonical_id, LinkRow.remote_id, LinkRow.base).where(
+            LinkRow.provider == provider, LinkRow.entity == entity)
+        return {cid: BaseRecord(rid, base or {}) for cid, rid, base in self._links(query, cids, rids)}
 
-    def set_link(self, s: Session, provider: str, entity: str, cid: int, remote_id: str, base: Mapping[str, Any]) -> None:
-        self.set_links(s, provider, entity, [(cid, remote_id, base)])
+    def link_pairs(self, provider: str, entity: str, *, cids: Collection[int] | None = None,
+                   rids: Collection[str] | None = None) -> dict[int, str]:
+        """canonical id -> remote id of the links of ``cids`` and ``rids`` (all when both are None), bases left out."""
+        query = select(LinkRow.canonical_id, LinkRow.remote_id).where(
+            LinkRow.provider == provider, LinkRow.entity == entity)
+        return dict(self._links(query, cids, rids))
+
+    def _links(self, query: Any, cids: Collection[int] | None, rids: Collection[str] | None) -> list[Any]:
+        with self.session() as s:
+            if cids is None and rids is None:
+                return list(s.execute(query))
+            return [*rows_in(s, query, LinkRow.canonical_id, cids or ()), *rows_in(s, query, LinkRow.remote_id, rids or ())]
+
+    def count_links(self, provider: str, entity: str) -> int:
+        with self.session() as s:
+            return s.execute(select(func.count()).select_from(LinkRow).where(
+                LinkRow.provider == provider, LinkRow.entity == entity)).scalar_one()
 
     def set_links(self, s: Session, provider: str, entity: str,
                   links: Sequence[tuple[int, str, Mapping[str, Any]]]) -> None:
-        """:meth:`set_link` for each ``(canonical id, remote id, base)`` in order, in a few statements.
+        """Link each ``(canonical id, remote id, base)``, in order, in a few statements.
 
-        The rows left are those one call per link would leave: a link replaces any
-        earlier one (in the database or in ``links``) with its canonical or remote id.
+        A link replaces any earlier one (in the database or in ``links``) with
+        its canonical or its remote id, as one statement per link would.
         """
-        if self.dry_run or not links:
+        if not links:
             return
         kept, seen_cids, seen_rids = [], set(), set()
         for cid, remote_id, base in reversed(links):
@@ -195,38 +315,68 @@ class Store:
             seen_cids.add(cid)
             seen_rids.add(remote_id)
         where = (LinkRow.provider == provider, LinkRow.entity == entity)
-        for chunk in _chunks(sorted(seen_cids)):
+        for chunk in chunks(sorted(seen_cids)):
             s.execute(delete(LinkRow).where(*where, LinkRow.canonical_id.in_(chunk)))
-        for chunk in _chunks(sorted(seen_rids)):
+        for chunk in chunks(sorted(seen_rids)):
             s.execute(delete(LinkRow).where(*where, LinkRow.remote_id.in_(chunk)))
         now = utcnow()
         rows = [{"provider": provider, "entity": entity, "canonical_id": cid, "remote_id": remote_id,
                  "base": dict(base), "base_fingerprint": fingerprint(base), "synced_at": now}
                 for cid, remote_id, base in reversed(kept)]
-        for chunk in _chunks(rows):
+        for chunk in chunks(rows):
             s.execute(insert(LinkRow), chunk)
 
-    def drop_link(self, s: Session, provider: str, entity: str, cid: int | None, remote_id: str | None = None) -> None:
-        if self.dry_run:
-            return
-        cond = LinkRow.canonical_id == cid if cid is not None else LinkRow.remote_id == remote_id
-        s.execute(delete(LinkRow).where(LinkRow.provider == provider, LinkRow.entity == entity, cond))
+    def drop_links(self, s: Session, provider: str, entity: str, *, cids: Collection[int] = (),
+                   rids: Collection[str] = ()) -> None:
+        where = (LinkRow.provider == provider, LinkRow.entity == entity)
+        for chunk in chunks(sorted(cids)):
+            s.execute(delete(LinkRow).where(*where, LinkRow.canonical_id.in_(chunk)))
+        for chunk in chunks(sorted(rids)):
+            s.execute(delete(LinkRow).where(*where, LinkRow.remote_id.in_(chunk)))
 
     # -- mirror -----------------------------------------------------------------
 
     def load_mirror_groups(self, provider: str) -> dict[str, RemoteGroup]:
+        g = RemoteGroupRow
         with self.session() as s:
-            rows = s.execute(select(RemoteGroupRow.remote_id, RemoteGroupRow.name, RemoteGroupRow.description,
-                                    RemoteGroupRow.modified_at).where(RemoteGroupRow.provider == provider)).all()
-        return {rid: RemoteGroup(rid, name, desc or "", mod) for rid, name, desc, mod in rows}
+            rows = s.execute(select(g.remote_id, g.name, g.description, g.modified_at, g.kept)
+                             .where(g.provider == provider)).all()
+        return {rid: RemoteGroup(rid, name, desc or "", mod, kept or {}) for rid, name, desc, mod, kept in rows}
 
-    def load_mirror_contacts(self, provider: str) -> dict[str, RemoteContact]:
+    def load_mirror_contacts(self, provider: str, rids: Collection[str] | None = None) -> dict[str, RemoteContact]:
+        """Mirror contacts ``rids`` (None: all) of one account."""
+        c = RemoteContactRow
+        query = select(c.remote_id, c.phone, c.fields, c.groups, c.opted_out, c.modified_at, c.kept).where(
+            c.provider == provider)
         with self.session() as s:
-            rows = s.execute(select(RemoteContactRow.remote_id, RemoteContactRow.phone, RemoteContactRow.fields,
-                                    RemoteContactRow.groups, RemoteContactRow.opted_out, RemoteContactRow.modified_at)
-                             .where(RemoteContactRow.provider == provider)).all()
-        return {rid: RemoteContact(rid, phone, fields or {}, frozenset(groups or ()), bool(oo), mod)
-                for rid, phone, fields, groups, oo, mod in rows}
+            rows = list(rows_in(s, query, c.remote_id, rids))
+        return {rid: RemoteContact(rid, phone, fields or {}, frozenset(groups or ()), bool(oo), mod, kept or {})
+                for rid, phone, fields, groups, oo, mod, kept in rows}
+
+    def mirror_phones(self, provider: str, rids: Collection[str] | None = None) -> dict[str, str]:
+        """remote id -> phone of mirror contacts ``rids`` (None: all)."""
+        c = RemoteContactRow
+        with self.session() as s:
+            return dict(rows_in(s, select(c.remote_id, c.phone).where(c.provider == provider), c.remote_id, rids))
+
+    def mirror_with_phones(self, provider: str, phones: Collection[str]) -> dict[str, str]:
+        """remote id -> phone of the mirror contacts holding any of ``phones``."""
+        c = RemoteContactRow
+        with self.session() as s:
+            return dict(rows_in(s, select(c.remote_id, c.phone).where(c.provider == provider), c.phone, phones))
+
+    def mirror_members(self, provider: str, remote_group_ids: Collection[str]) -> set[str]:
+        """Mirror contacts listing any of ``remote_group_ids`` among their groups."""
+        c = RemoteContactRow
+        found: set[str] = set()
+        with self.session() as s:
+            postgresql = s.get_bind().dialect.name == "postgresql"
+            for rgid in sorted(remote_group_ids):
+                # jsonb containment on PostgreSQL; on SQLite the JSON text holds the id quoted
+                listed = (type_coerce(c.groups, JSONB).contains([rgid]) if postgresql
+                          else cast(c.groups, String).like(f'%"{rgid}"%'))
+                found.update(s.scalars(select(c.remote_id).where(c.provider == provider, listed)))
+        return found
 
     def mirror_fingerprints(self, provider: str, contacts: bool) -> dict[str, str]:
         table = RemoteContactRow if contacts else RemoteGroupRow
@@ -234,59 +384,58 @@ class Store:
             return dict(s.execute(select(table.remote_id, table.fingerprint).where(table.provider == provider)).all())
 
     def write_mirror(self, provider: str, contacts: Sequence[RemoteContact] = (), groups: Sequence[RemoteGroup] = (),
-                     *, known: Mapping[str, str] | None = None) -> None:
-        """Insert or replace mirror rows (only those whose fingerprint changed, when ``known`` is given)."""
-        if self.dry_run:
-            return
+                     *, known: Mapping[str, str] | None = None) -> list[str]:
+        """Insert or replace mirror rows (only those whose fingerprint changed, when ``known`` is given).
+
+        Contacts written are journalled for the account in the same transaction,
+        so a run killed after its pull still hands them on; their ids are returned.
+        """
         crow = [_contact_row(provider, c) for c in contacts]
         grow = [_group_row(provider, g) for g in groups]
         if known is not None:
             crow = [r for r in crow if known.get(r["remote_id"]) != r["fingerprint"]]
             grow = [r for r in grow if known.get(r["remote_id"]) != r["fingerprint"]]
+        if not crow and not grow:
+            return []
         with self.session() as s, s.begin():
             for table, rows in ((RemoteContactRow, crow), (RemoteGroupRow, grow)):
-                for chunk in _chunks(rows):
+                for chunk in chunks(rows):
                     ids = [r["remote_id"] for r in chunk]
                     s.execute(delete(table).where(table.provider == provider, table.remote_id.in_(ids)))
                     s.execute(insert(table), chunk)
+            changed = [r["remote_id"] for r in crow]
+            journal.record(s.connection(), provider, "contact", remote_ids=changed)
+        return changed
 
-    def prune_mirror(self, provider: str, *, contacts: bool, keep: Iterable[str]) -> None:
-        """After a complete pull: forget mirror rows the provider no longer lists."""
-        if self.dry_run:
-            return
+    def prune_mirror(self, provider: str, *, contacts: bool, gone: Collection[str]) -> None:
+        """After a complete pull: forget mirror rows the provider no longer lists (contacts journalled)."""
         table = RemoteContactRow if contacts else RemoteGroupRow
-        keep = set(keep)
+        if not gone:
+            return
         with self.session() as s, s.begin():
-            gone = [rid for rid in s.scalars(select(table.remote_id).where(table.provider == provider)) if rid not in keep]
-            for chunk in _chunks(gone):
+            for chunk in chunks(sorted(gone)):
                 s.execute(delete(table).where(table.provider == provider, table.remote_id.in_(chunk)))
+            if contacts:
+                journal.record(s.connection(), provider, "contact", remote_ids=sorted(gone))
 
-    def drop_mirror(self, s: Session, provider: str, *, contacts: bool, remote_id: str) -> None:
-        if self.dry_run:
-            return
+    def drop_mirror(self, s: Session, provider: str, *, contacts: bool, remote_ids: Collection[str]) -> None:
         table = RemoteContactRow if contacts else RemoteGroupRow
-        s.execute(delete(table).where(table.provider == provider, table.remote_id == remote_id))
+        for chunk in chunks(sorted(remote_ids)):
+            s.execute(delete(table).where(table.provider == provider, table.remote_id.in_(chunk)))
 
     def put_mirror_group(self, s: Session, provider: str, group: RemoteGroup) -> None:
-        if self.dry_run:
-            return
-        s.execute(delete(RemoteGroupRow).where(RemoteGroupRow.provider == provider,
-                                               RemoteGroupRow.remote_id == group.remote_id))
+        self.drop_mirror(s, provider, contacts=False, remote_ids=[group.remote_id])
         s.execute(insert(RemoteGroupRow), [_group_row(provider, group)])
 
     def put_mirror_contacts(self, s: Session, provider: str, contacts: Sequence[RemoteContact]) -> None:
         """Insert or replace mirror contacts, in a few statements (the last one per remote id wins)."""
-        if self.dry_run or not contacts:
-            return
         rows = list({c.remote_id: _contact_row(provider, c) for c in contacts}.values())
-        for chunk in _chunks(rows):
+        for chunk in chunks(rows):
             s.execute(delete(RemoteContactRow).where(RemoteContactRow.provider == provider,
                                                      RemoteContactRow.remote_id.in_([r["remote_id"] for r in chunk])))
             s.execute(insert(RemoteContactRow), chunk)
 
     def record_pull(self, provider: str, run_id: int, complete: bool, error: str | None) -> None:
-        if self.dry_run:
-            return
         with self.session() as s, s.begin():
             s.execute(delete(PullStateRow).where(PullStateRow.provider == provider))
             s.add(PullStateRow(provider=provider, run_id=run_id, complete=complete, finished_at=utcnow(), error=error))
@@ -295,25 +444,22 @@ class Store:
 
     def log(self, s: Session, run_id: int, entries: Sequence[LogEntry]) -> list[int]:
         """Write change-log rows in the session's transaction; their ids, in order."""
-        if self.dry_run or not entries:
-            return [0] * len(entries)
-        ids = []
-        for e in entries:
-            row = ChangeLogRow(run_id=run_id or None, at=utcnow(), provider=e.provider, entity=e.op.entity.value,
-                               action=e.op.action.value, direction=e.op.direction.value,
-                               canonical_id=e.op.canonical_id if (e.op.canonical_id or 0) > 0 else None,
-                               remote_id=e.op.remote_id, status=e.status, before=_log_before(e.op),
-                               after=e.op.after, error=e.error, reason=e.op.reason, attempts=e.attempts,
-                               next_attempt_at=e.next_attempt_at, fingerprint=e.fingerprint)
-            s.add(row)
-            ids.append(row)
-        s.flush()
-        return [r.id for r in ids]
+        if not entries:
+            return []
+        now = utcnow()
+        rows = [{"run_id": run_id or None, "at": now, "provider": e.provider, "entity": e.op.entity.value,
+                 "action": e.op.action.value, "direction": e.op.direction.value,
+                 "canonical_id": e.op.canonical_id if (e.op.canonical_id or 0) > 0 else None,
+                 "remote_id": e.op.remote_id, "status": e.status, "before": _log_before(e.op), "after": e.op.after,
+                 "error": e.error, "reason": e.op.reason, "attempts": e.attempts,
+                 "next_attempt_at": e.next_attempt_at, "fingerprint": e.fingerprint} for e in entries]
+        statement = insert(ChangeLogRow).returning(ChangeLogRow.id, sort_by_parameter_order=True)
+        return [rid for chunk in chunks(rows) for rid in s.scalars(statement, chunk)]
 
     def settle(self, s: Session, ids: Sequence[int], status: str, *, error: str | None = None,
                remote_id: str | None = None, attempts: int | None = None, next_attempt_at: datetime | None = None,
                fingerprint: str | None = None) -> None:
-        if self.dry_run or not ids:
+        if not ids:
             return
         values: dict[str, Any] = {"status": status, "error": error}
         if remote_id is not None:
@@ -323,34 +469,46 @@ class Store:
             values["next_attempt_at"] = next_attempt_at
         if fingerprint is not None:
             values["fingerprint"] = fingerprint
-        for chunk in _chunks(list(ids)):
+        for chunk in chunks(list(ids)):
             s.execute(update(ChangeLogRow).where(ChangeLogRow.id.in_(chunk)).values(**values))
 
     def settle_applied(self, s: Session, settled: Sequence[tuple[int, str | None, str | None]]) -> None:
         """Mark many change-log rows ``applied``: ``(id, remote id or None to keep it, note or None)`` each."""
-        if self.dry_run or not settled:
-            return
         rows = [{"id": entry, "status": "applied", "error": note} | ({"remote_id": rid} if rid is not None else {})
                 for entry, rid, note in settled]
-        s.execute(update(ChangeLogRow), rows)  # ORM bulk UPDATE by primary key: one executemany per key set
+        for keys in {frozenset(r) for r in rows}:  # one executemany per key set
+            for chunk in chunks([r for r in rows if frozenset(r) == keys]):
+                s.execute(update(ChangeLogRow), chunk)
 
-    def retry_ledger(self, provider: str) -> dict[tuple[str, int | None, str | None], ChangeLogRow]:
-        """The latest outbound row per record, when it is failed or rejected: to back off or wait for a change."""
-        latest = latest_outbound_ids().where(ChangeLogRow.provider == provider)
+    def retry_ledger(self, provider: str) -> Ledger:
+        """The latest outbound row per record, when it is failed or rejected: to back off or wait for a change.
+
+        Read from the failed and rejected rows only (an index range), each
+        checked to have no later settled outbound row for its record.
+        """
+        row, later = ChangeLogRow, ChangeLogRow.__table__.alias("later")
+        same_record = or_(later.c.canonical_id == row.canonical_id,
+                          (row.canonical_id.is_(None)) & (later.c.remote_id == row.remote_id))
+        newer = (select(later.c.id).where(
+            later.c.provider == row.provider, later.c.entity == row.entity, same_record, later.c.id > row.id,
+            later.c.direction == "outbound", later.c.status.in_(_SETTLED)).exists())
+        query = select(row.id, row.entity, row.canonical_id, row.remote_id, row.status, row.attempts,
+                       row.next_attempt_at, row.fingerprint).where(
+            row.provider == provider, row.status.in_(("failed", "rejected")), row.direction == "outbound",
+            ~newer).order_by(row.id)
         with self.session() as s:
-            rows = s.scalars(select(ChangeLogRow).where(ChangeLogRow.id.in_(latest),
-                                                       ChangeLogRow.status.in_(("failed", "rejected")))).all()
-        return {(r.entity, r.canonical_id, None if r.canonical_id else r.remote_id): r for r in rows}
+            rows = s.execute(query).all()
+        return {(entity, cid, None if cid else rid): LedgerRow(id_, status, attempts, due, digest)
+                for id_, entity, cid, rid, status, attempts, due, digest in rows}
 
-    def settle_found(self, s: Session, provider: str, entity: str, cid: int, remote_id: str) -> None:
+    def settle_found(self, s: Session, provider: str, entity: str, cids: Collection[int]) -> None:
         """Creates whose outcome was unknown, now found at the provider and linked: applied after all."""
-        if self.dry_run:
-            return
-        s.execute(update(ChangeLogRow).where(
-            ChangeLogRow.provider == provider, ChangeLogRow.entity == entity, ChangeLogRow.canonical_id == cid,
-            ChangeLogRow.direction == "outbound", ChangeLogRow.action == "create",
-            ChangeLogRow.status == "failed").values(status="applied", remote_id=remote_id,
-                                                     error="outcome found later: the record was at the provider"))
+        for chunk in chunks(sorted(cids)):
+            s.execute(update(ChangeLogRow).where(
+                ChangeLogRow.provider == provider, ChangeLogRow.entity == entity, ChangeLogRow.canonical_id.in_(chunk),
+                ChangeLogRow.direction == "outbound", ChangeLogRow.action == "create",
+                ChangeLogRow.status == "failed").values(status="applied",
+                                                         error="outcome found later: the record was at the provider"))
 
     def open_conflicts(self, provider: str) -> dict[tuple[str, int | None, str | None], ChangeLogRow]:
         with self.session() as s:
@@ -374,7 +532,10 @@ class Store:
         return {key: error or "" for key, (status, error) in latest.items() if status == "rejected"}
 
 
-def latest_outbound_ids():
+_SETTLED = ("applied", "failed", "rejected", "skipped")
+
+
+def latest_outbound_ids() -> Any:
     """SELECT of the newest settled outbound change-log id per (provider, entity, record).
 
     A record is its canonical id when it has one, else its remote id, so a create
@@ -382,8 +543,7 @@ def latest_outbound_ids():
     """
     record = func.coalesce(cast(ChangeLogRow.canonical_id, String), ChangeLogRow.remote_id)
     return (select(func.max(ChangeLogRow.id))
-            .where(ChangeLogRow.direction == "outbound",
-                   ChangeLogRow.status.in_(("applied", "failed", "rejected", "skipped")))
+            .where(ChangeLogRow.direction == "outbound", ChangeLogRow.status.in_(_SETTLED))
             .group_by(ChangeLogRow.provider, ChangeLogRow.entity, record))
 
 
@@ -396,16 +556,12 @@ def _log_before(op: Operation) -> dict[str, Any] | None:
 def _contact_row(provider: str, c: RemoteContact) -> dict[str, Any]:
     fields = dict(c.fields)
     groups = sorted(c.groups)
+    digest = c.fingerprint or fingerprint({"f": fields, "g": groups, "o": c.opted_out, "p": c.phone})
     return {"provider": provider, "remote_id": c.remote_id, "phone": c.phone, "fields": fields, "groups": groups,
-            "opted_out": c.opted_out, "modified_at": c.modified_at,
-            "fingerprint": fingerprint({"f": fields, "g": groups, "o": c.opted_out, "p": c.phone})}
+            "opted_out": c.opted_out, "modified_at": c.modified_at, "fingerprint": digest, "kept": dict(c.kept)}
 
 
 def _group_row(provider: str, g: RemoteGroup) -> dict[str, Any]:
     return {"provider": provider, "remote_id": g.remote_id, "name": g.name, "description": g.description,
-            "modified_at": g.modified_at, "fingerprint": fingerprint({"n": g.name, "d": g.description})}
-
-
-def _chunks(rows: list[Any], size: int = CHUNK) -> Iterable[list[Any]]:
-    for i in range(0, len(rows), size):
-        yield rows[i:i + size]
+            "modified_at": g.modified_at, "kept": dict(g.kept),
+            "fingerprint": fingerprint({"n": g.name, "d": g.description, "k": dict(g.kept)})}

@@ -12,21 +12,25 @@ answered "already in your contacts" and linked.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
-from syncd.db.repo import LogEntry, Store
+from sqlalchemy.orm import Session
+
+from syncd.db.repo import Ledger, LedgerRow, LogEntry, Store
 from syncd.errors import AuthError, ProviderError, QuotaExhausted, Rejected
 from syncd.model import NOTHING_KEPT, ContactWrite, RemoteContact, RemoteGroup, WriteOutcome, fingerprint
 from syncd.providers.base import Provider
 from syncd.sync.plan import Action, Direction, Entity, Operation, push_order
+from syncd.sync.progress import Progress, Silent
 from syncd.sync.reconcile import BaseRecord
+from syncd.sync.scope import Window
 
-__all__ = ["Pusher", "RetryRules"]
+__all__ = ["Ledger", "Pusher", "RetryRules"]
 
 log = structlog.get_logger("syncd.push")
 
@@ -47,32 +51,38 @@ class RetryRules:
 
 @dataclass
 class Pusher:
-    """Applies one provider's outbound operations in the design's order."""
+    """Applies one provider's outbound operations in the design's order, a window at a time."""
 
     provider: Provider
     store: Store
     run_id: int
-    links: dict[str, dict[int, BaseRecord]]
-    mirror: dict[str, RemoteContact]
+    group_links: dict[int, BaseRecord]
     counts: dict[str, int]
     now: datetime
     batch_size: int = 500
     retry: RetryRules = field(default_factory=RetryRules)
-    ledger: dict[tuple[str, int | None, str | None], Any] = field(default_factory=dict)
+    ledger: Ledger = field(default_factory=dict)
     fence: Callable[[], None] = lambda: None
     stopping: Callable[[], bool] = lambda: False
-    stopped_by: ProviderError | None = None
+    progress: Progress = field(default_factory=Silent)
     mirror_groups: dict[str, RemoteGroup] = field(default_factory=dict)
+    stopped_by: ProviderError | None = None
+    pushed: int = 0  # operations settled so far (progress)
+    links: dict[str, dict[int, BaseRecord]] = field(default_factory=dict)
+    mirror: dict[str, RemoteContact] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.provider.name
 
-    async def push(self, ops: Sequence[Operation]) -> None:
+    async def push(self, ops: Sequence[Operation], window: Window | None) -> None:
+        """Carry out ``ops``: group operations (``window`` None), or those of ``window``'s contacts."""
+        self.links = {"group": self.group_links, "contact": window.links if window is not None else {}}
+        self.mirror = window.mirror if window is not None else {}
         ordered = [op for op in push_order(ops) if self.waiting_reason(op) is None]
         self._log_skipped([op for op in ordered if op.held or op.skip_reason])
         todo = [op for op in ordered if not (op.held or op.skip_reason) and op.action is not Action.UNLINK]
-        stages: list[tuple[Callable, list[Operation]]] = [
+        stages: list[tuple[Callable[[list[Operation]], Awaitable[None]], list[Operation]]] = [
             (self._groups, [op for op in todo if op.entity is Entity.GROUP and op.action is not Action.DELETE]),
             (self._contacts_create, [op for op in todo if op.entity is Entity.CONTACT and op.action is Action.CREATE]),
             (self._contacts_update, [op for op in todo if op.entity is Entity.CONTACT and op.action is Action.UPDATE]),
@@ -80,10 +90,11 @@ class Pusher:
             (self._groups, [op for op in todo if op.entity is Entity.GROUP and op.action is Action.DELETE]),
         ]
         for stage, stage_ops in stages:
-            if stage_ops and not self._halted():
+            if stage_ops and not self.halted():
                 await stage(stage_ops)
 
-    def _halted(self) -> bool:
+    def halted(self) -> bool:
+        """Stopped: the account refused us (credentials, quota), or the run is asked to stop."""
         return self.stopped_by is not None or self.stopping()
 
     # -- filtering ----------------------------------------------------------------
@@ -115,17 +126,21 @@ class Pusher:
         with self.store.session() as s, s.begin():
             return self.store.log(s, self.run_id, [LogEntry(op, self.name, "pending") for op in ops])
 
-    def _settle_error(self, s, op: Operation, entry_id: int, error: Exception) -> None:
+    def _settle_error(self, s: Session, op: Operation, entry_id: int, error: Exception) -> None:
         if isinstance(error, (AuthError, QuotaExhausted)) and self.stopped_by is None:
             self.stopped_by = error
+        key = (op.entity.value, op.canonical_id, None if op.canonical_id else op.remote_id)
         if isinstance(error, Rejected):
-            self.store.settle(s, [entry_id], "rejected", error=str(error), fingerprint=fingerprint(op.after or {}))
+            digest = fingerprint(op.after or {})
+            self.store.settle(s, [entry_id], "rejected", error=str(error), fingerprint=digest)
+            self.ledger[key] = LedgerRow(entry_id, "rejected", 0, None, digest)
             self.counts["rejected"] = self.counts.get("rejected", 0) + 1
         else:
-            previous = self.ledger.get((op.entity.value, op.canonical_id, None if op.canonical_id else op.remote_id))
+            previous = self.ledger.get(key)
             attempts = (previous.attempts if previous is not None else 0) + 1
-            self.store.settle(s, [entry_id], "failed", error=str(error), attempts=attempts,
-                              next_attempt_at=self.retry.next_attempt(attempts, self.now))
+            due = self.retry.next_attempt(attempts, self.now)
+            self.store.settle(s, [entry_id], "failed", error=str(error), attempts=attempts, next_attempt_at=due)
+            self.ledger[key] = LedgerRow(entry_id, "failed", attempts, due, None)
             self.counts["failed"] = self.counts.get("failed", 0) + 1
         log.warning("push.failed", provider=self.name, entity=op.entity.value, action=op.action.value,
                     canonical_id=op.canonical_id, remote_id=op.remote_id, error=str(error))
@@ -133,12 +148,14 @@ class Pusher:
     def _count(self, op: Operation) -> None:
         key = {"create": "created_out", "update": "updated_out", "delete": "deleted_out"}[op.action.value]
         self.counts[key] = self.counts.get(key, 0) + 1
+        self.pushed += 1
+        self.progress.update(f"{self.name}: push", self.pushed)
 
     # -- groups ---------------------------------------------------------------------
 
     async def _groups(self, ops: list[Operation]) -> None:
         for op in ops:
-            if self._halted():
+            if self.halted():
                 return
             [entry] = self._pending([op])
             try:
@@ -151,23 +168,32 @@ class Pusher:
             self.fence()
             with self.store.session() as s, s.begin():
                 self.store.settle(s, [entry], "applied", remote_id=remote_id)
-                links = self.links["group"]
-                if op.action is Action.DELETE:
-                    links.pop(op.canonical_id, None)
-                    self.store.drop_link(s, self.name, "group", op.canonical_id, op.remote_id)
-                    self.store.drop_mirror(s, self.name, contacts=False, remote_id=op.remote_id)
-                else:
-                    after = op.after or {}
-                    links[op.canonical_id] = BaseRecord(remote_id, dict(after))
-                    self.store.set_link(s, self.name, "group", op.canonical_id, remote_id, after)
-                    self.store.put_mirror_group(s, self.name, RemoteGroup(remote_id, after.get("name", ""),
-                                                                          after.get("description", "")))
+                self._record_group(s, op, remote_id)
             self._count(op)
+
+    def _record_group(self, s: Session, op: Operation, remote_id: str) -> None:
+        links = self.links["group"]
+        assert op.canonical_id is not None
+        if op.action is Action.DELETE:
+            links.pop(op.canonical_id, None)
+            self.store.drop_links(s, self.name, "group", cids=[op.canonical_id])
+            self.store.drop_mirror(s, self.name, contacts=False, remote_ids=[remote_id])
+            self.mirror_groups.pop(remote_id, None)
+            return
+        after = op.after or {}
+        links[op.canonical_id] = BaseRecord(remote_id, dict(after))
+        self.store.set_links(s, self.name, "group", [(op.canonical_id, remote_id, after)])
+        current = self.mirror_groups.get(remote_id)
+        group = RemoteGroup(remote_id, after.get("name", ""), after.get("description", ""),
+                            kept=current.kept if current is not None else NOTHING_KEPT)
+        self.mirror_groups[remote_id] = group
+        self.store.put_mirror_group(s, self.name, group)
 
     async def _group_request(self, op: Operation) -> str:
         after = op.after or {}
         if op.action is Action.CREATE:
             return await self.provider.create_group(after.get("name", ""), after.get("description", ""))
+        assert op.remote_id is not None
         if op.action is Action.UPDATE:
             current = self.mirror_groups.get(op.remote_id or "")
             kept = current.kept if current is not None else NOTHING_KEPT  # resent: a SendHub edit replaces the group
@@ -225,7 +251,7 @@ class Pusher:
         batches = [ops[i:i + size] for i in range(0, len(ops), size)]
         # One batch at a time keeps pending rows few; the client runs each batch's requests concurrently.
         for batch in batches:
-            if self._halted():
+            if self.halted():
                 return
             entries = self._pending(batch)
             writes = [self._write(op, fields_of(op) if fields_of else None) for op in batch]
@@ -235,13 +261,16 @@ class Pusher:
                 outcomes = [WriteOutcome(w.ref, error=exc) for w in writes]
             self._settle_contacts(batch, entries, writes, outcomes)
 
-    def _settle_contacts(self, ops, entries, writes, outcomes: Sequence[WriteOutcome]) -> None:
+    def _settle_contacts(self, ops: Sequence[Operation], entries: Sequence[int], writes: Sequence[ContactWrite],
+                         outcomes: Sequence[WriteOutcome]) -> None:
         self.fence()
-        applied, settled = [], []
+        applied: list[tuple[Operation, ContactWrite, str]] = []
+        settled: list[tuple[int, str | None, str | None]] = []
+        holders = self._holders(ops, outcomes)
         with self.store.session() as s, s.begin():
             for op, entry, write, outcome in zip(ops, entries, writes, outcomes, strict=True):
                 remote_id = outcome.remote_id or op.remote_id
-                error = outcome.error or self._taken(op, remote_id)
+                error = outcome.error or self._taken(op, remote_id, holders)
                 if error is not None:
                     self._settle_error(s, op, entry, error)
                     continue
@@ -252,38 +281,54 @@ class Pusher:
             self.store.settle_applied(s, settled)
             self._record_contacts(s, applied)
 
-    def _taken(self, op: Operation, remote_id: str | None) -> Rejected | None:
+    def _holders(self, ops: Sequence[Operation], outcomes: Sequence[WriteOutcome]) -> dict[str, int]:
+        """remote id -> canonical id of the links the remote ids answered to creates already belong to."""
+        created = {o.remote_id for op, o in zip(ops, outcomes, strict=True)
+                   if op.action is Action.CREATE and o.error is None and o.remote_id}
+        if not created:
+            return {}
+        return {rid: cid for cid, rid in self.store.link_pairs(self.name, "contact", rids=created).items()}
+
+    def _taken(self, op: Operation, remote_id: str | None, holders: Mapping[str, int]) -> Rejected | None:
         """A create answered with a remote record another canonical contact is linked to (a number
         taken over at the provider): linking it would merge two contacts, so it is refused."""
         if op.action is not Action.CREATE or remote_id is None:
             return None
-        holder = next((cid for cid, link in self.links["contact"].items()
-                       if link.remote_id == remote_id and cid != op.canonical_id), None)
-        if holder is None:
+        holder = holders.get(remote_id)
+        if holder is None or holder == op.canonical_id:
             return None
         return Rejected(f"{self.name} holds {op.key} as contact {remote_id}, which is linked to canonical contact "
                         f"{holder}; nothing merged (change one of the numbers)", provider=self.name,
                         operation="create contact", record=op.key)
 
-    def _record_contacts(self, s, applied: Sequence[tuple[Operation, ContactWrite, str]]) -> None:
+    def _record_contacts(self, s: Session, applied: Sequence[tuple[Operation, ContactWrite, str]]) -> None:
         """Links (bases) and mirror rows for applied contact operations (of one stage: no record twice)."""
-        links, upserted, mirrored = self.links["contact"], [], []
+        links = self.links["contact"]
+        upserted: list[tuple[int, str, Mapping[str, Any]]] = []
+        mirrored: list[RemoteContact] = []
+        unlinked: list[int] = []
+        gone: list[str] = []
         for op, write, remote_id in applied:
             if op.action is Action.DELETE:
-                links.pop(op.canonical_id, None)
-                self.store.drop_link(s, self.name, "contact", op.canonical_id, remote_id)
-                self.store.drop_mirror(s, self.name, contacts=True, remote_id=remote_id)
+                if op.canonical_id is not None:
+                    links.pop(op.canonical_id, None)
+                    unlinked.append(op.canonical_id)
+                gone.append(remote_id)
                 self.mirror.pop(remote_id, None)
                 continue
+            assert op.canonical_id is not None
             after = dict(op.after or {})
             if "groups" in after:  # the base holds only memberships sent: a group not (yet) at the provider
                 linked = self.links["group"]  # reads as "removed there" otherwise, and the next run drops it
                 after["groups"] = [g for g in after["groups"] if g in linked]
             links[op.canonical_id] = BaseRecord(remote_id, after)
             upserted.append((op.canonical_id, remote_id, after))
-            contact = RemoteContact(remote_id, write.phone, dict(write.fields), write.groups, write.opted_out)
+            contact = RemoteContact(remote_id, write.phone, dict(write.fields), write.groups, write.opted_out,
+                                    kept=write.kept)
             self.mirror[remote_id] = contact
             mirrored.append(contact)
+        self.store.drop_links(s, self.name, "contact", cids=unlinked)
+        self.store.drop_mirror(s, self.name, contacts=True, remote_ids=gone)
         self.store.set_links(s, self.name, "contact", upserted)
         self.store.put_mirror_contacts(s, self.name, mirrored)
 

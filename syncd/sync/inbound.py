@@ -1,57 +1,87 @@
 """Applying inbound operations (provider -> canonical) to the book, the links and the change log.
 
-The in-memory :class:`~syncd.db.repo.Book` and link maps are updated in both
-modes; the database only when the store is not a dry run. Each chunk of
-operations is one transaction: canonical change, link and change-log row
-together, so a crash never leaves one without the others.
+Each chunk of operations is one transaction: canonical changes, links and
+change-log rows together, so a crash never leaves one without the others. The
+canonical writes of a chunk go in a few statements: contact deletes, then
+updates, then creates (so a number freed by a delete can be taken by a create
+in the same chunk), each as one ``executemany``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
+from syncd.db.batch import chunks
 from syncd.db.repo import Book, LogEntry, Store
 from syncd.model import Contact, Group, group_key
 from syncd.providers.base import Provider
 from syncd.sync.plan import Action, Direction, Entity, Operation
 from syncd.sync.reconcile import BaseRecord
+from syncd.sync.scope import Window
 
-__all__ = ["InboundApplier"]
+__all__ = ["InboundApplier", "Touched"]
 
 CHUNK = 1000
 _ATTRIBUTES = ("phone", "name", "surname", "email", "extra")  # what a provider's inbound update may change
 
+Touched = dict[int, dict[str, str]]
+"""Canonical contacts changed by inbound operations this run: id -> attribute -> the provider that changed it."""
+
+
+@dataclass
+class _Pending:
+    """The canonical writes of one chunk, made together at its end."""
+
+    creates: list[tuple[Operation, Contact]] = field(default_factory=list)
+    updates: dict[int, tuple[Contact, bool]] = field(default_factory=dict)  # id -> (contact, groups changed)
+    deletes: set[int] = field(default_factory=set)
+
 
 class InboundApplier:
-    """Applies one provider's inbound operations for one entity."""
+    """Applies one provider's inbound operations, a window (or the groups) at a time."""
 
-    def __init__(self, store: Store, run_id: int, book: Book, links: dict[str, dict[int, BaseRecord]],
-                 provider: Provider, touched: dict[int, dict[str, str]], counts: dict[str, int]) -> None:
-        self.store, self.run_id, self.book, self.links = store, run_id, book, links
+    def __init__(self, store: Store, run_id: int, book: Book, group_links: dict[int, BaseRecord],
+                 provider: Provider, touched: Touched, counts: dict[str, int]) -> None:
+        self.store, self.run_id, self.book = store, run_id, book
         self.provider, self.name = provider, provider.name
-        self.touched = touched  # canonical contact id -> attribute -> provider that changed it this run
-        self.counts = counts
+        self.touched, self.counts = touched, counts
         self.open_conflicts = store.open_conflicts(provider.name)
-        self._by_phone: dict[str, int] | None = None  # built on the first create: one pass, not one per create
+        self.links: dict[str, dict[int, BaseRecord]] = {"group": group_links, "contact": {}}
+        self.contacts: dict[int, Contact] = {}
+        self.invalid: set[int] = set()
+        self.by_remote: dict[str, dict[str, int]] = {}
+        self.done = 0  # operations applied so far (progress)
         self._links_due: list[tuple[str, int, str, dict[str, Any]]] = []  # written per chunk: see _write_links
-        # remote id -> canonical id, so a re-linked remote record drops its stale link (as the table does)
-        self.by_remote = {entity: {link.remote_id: cid for cid, link in entity_links.items()}
-                          for entity, entity_links in links.items()}
+        self._pending = _Pending()
+        self._entries: list[LogEntry] = []
 
-    def apply(self, ops: Sequence[Operation]) -> None:
+    def apply(self, ops: Sequence[Operation], window: Window | None) -> None:
+        """Apply ``ops`` (those of ``window``, or group operations when it is None)."""
         todo = [op for op in ops if op.direction is Direction.INBOUND or op.action is Action.UNLINK
                 or op.action is Action.GUARDED]
-        for i in range(0, len(todo), CHUNK):
+        if not todo:
+            return
+        if window is not None:
+            self.links["contact"], self.contacts = window.links, window.contacts
+            self.invalid = {cid for cid, _, _ in window.invalid}
+        # remote id -> canonical id, so a re-linked remote record drops its stale link (as the table does)
+        self.by_remote = {entity: {link.remote_id: cid for cid, link in entity_links.items()}
+                          for entity, entity_links in self.links.items()}
+        for chunk in chunks(todo, CHUNK):
             with self.store.session() as s, s.begin():
-                entries = [entry for op in todo[i:i + CHUNK] for entry in self._apply_one(s, op)]
-                self._write_links(s)
-                self.store.log(s, self.run_id, entries)
+                for op in chunk:
+                    self._entries.extend(self._apply_one(s, op))
+                self._flush(s)
+                self.store.log(s, self.run_id, self._entries)
+                self._entries = []
+            self.done += len(chunk)
 
-    def _apply_one(self, s, op: Operation) -> list[LogEntry]:
+    def _apply_one(self, s: Session, op: Operation) -> list[LogEntry]:
         handler = {
             Action.CREATE: self._create, Action.UPDATE: self._update, Action.DELETE: self._delete,
             Action.LINK: self._link, Action.CONFLICT: self._conflict, Action.UNLINK: self._unlink,
@@ -61,21 +91,37 @@ class InboundApplier:
 
     # -- handlers ---------------------------------------------------------------
 
-    def _create(self, s, op: Operation) -> list[LogEntry]:
+    def _create(self, s: Session, op: Operation) -> list[LogEntry]:
         if op.held or op.skip_reason:
             return [LogEntry(op, self.name, "skipped", error=op.skip_reason or "held")]
         if op.entity is Entity.GROUP:
-            cid = self._create_group(s, op)
-        else:
-            cid = self._create_contact(s, op)
-            if cid is None:
-                return [LogEntry(op, self.name, "rejected",
-                                 error=f"number {op.key!r} at {self.name} is invalid or held by an invalid canonical row")]
-        self._set_link(s, op.entity, cid, op.remote_id, op.after or {})
+            return self._created(s, op, self._create_group(s, op))
+        if not op.key.startswith("+"):
+            return self._refused(op)
+        holder = self._contact_with_phone(op.key)
+        if holder in self.invalid:
+            return self._refused(op)
+        if holder is not None:
+            return self._created(s, op, holder)
+        attrs = self.provider.to_canonical(_without_meta(op.after), None)
+        contact = Contact(None, op.key, attrs.get("name", ""), attrs.get("surname", ""), attrs.get("email", ""),
+                          attrs.get("extra", {}), bool(op.extra.get("opted_out")),
+                          frozenset(g for g in (op.after or {}).get("groups", []) if g in self.book.groups))
+        self._pending.creates.append((op, contact))
+        return []  # logged when the chunk's creates are written (see _write_creates)
+
+    def _created(self, s: Session, op: Operation, cid: int) -> list[LogEntry]:
+        self._set_link(op.entity, cid, op.remote_id, op.after or {})
+        if op.entity is Entity.CONTACT:
+            self.touched.setdefault(cid, {})
         self._count(op)
         return [LogEntry(replace(op, canonical_id=cid), self.name, "applied")]
 
-    def _create_group(self, s, op: Operation) -> int:
+    def _refused(self, op: Operation) -> list[LogEntry]:
+        return [LogEntry(op, self.name, "rejected",
+                         error=f"number {op.key!r} at {self.name} is invalid or held by an invalid canonical row")]
+
+    def _create_group(self, s: Session, op: Operation) -> int:
         fields = op.after or {}
         existing = self.book.group_by_key().get(group_key(fields.get("name", "")))
         if existing is not None:  # another provider brought the same group in this run
@@ -85,34 +131,23 @@ class InboundApplier:
         self.book.groups[gid] = replace(group, id=gid)
         return gid
 
-    def _create_contact(self, s, op: Operation) -> int | None:
-        if not op.key.startswith("+"):
-            return None
-        existing = self._contact_with_phone(op.key)
-        if existing is not None:
-            return existing
-        attrs = self.provider.to_canonical(_without_meta(op.after), None)
-        contact = Contact(None, op.key, attrs.get("name", ""), attrs.get("surname", ""), attrs.get("email", ""),
-                          attrs.get("extra", {}), bool(op.extra.get("opted_out")),
-                          frozenset(g for g in (op.after or {}).get("groups", []) if g in self.book.groups))
-        try:
-            with s.begin_nested():  # a row the book skipped as invalid may hold this number
-                cid = self.store.create_contact(s, contact)
-        except IntegrityError:
-            return None
-        self.book.contacts[cid] = replace(contact, id=cid)
-        self._by_phone[op.key] = cid
-        return cid
-
     def _contact_with_phone(self, phone: str) -> int | None:
-        """The canonical contact holding ``phone`` (another provider may have brought it in this run)."""
-        if self._by_phone is None:
-            self._by_phone = self.book.contact_by_phone()
-        cid = self._by_phone.get(phone)
-        return cid if cid in self.book.contacts else None  # deleted since the index was built
+        """The canonical contact holding ``phone``: created earlier in this chunk, or in the book."""
+        for op, contact in self._pending.creates:
+            if contact.phone == phone:
+                return -1 if op is None else None
+        for cid, (contact, _) in self._pending.updates.items():
+            if contact.phone == phone:
+                return cid
+        for cid, contact in self.contacts.items():
+            if contact.phone == phone and cid not in self._pending.deletes:
+                return cid
+        holder = self.store.contacts_with_phones([phone]).get(phone) if phone.startswith("+") else None
+        return None if holder in self._pending.deletes else holder
 
-    def _update(self, s, op: Operation) -> list[LogEntry]:
+    def _update(self, s: Session, op: Operation) -> list[LogEntry]:
         cid = op.canonical_id
+        assert cid is not None
         if op.entity is Entity.GROUP:
             group = self.book.groups[cid]
             after = op.after or {}
@@ -122,18 +157,17 @@ class InboundApplier:
             self.store.update_group(s, new)
             self.book.groups[cid] = new
         else:
-            refused = self._update_contact(s, op)
+            refused = self._update_contact(s, op, cid)
             if refused is not None:
                 return refused
         if op.remote is not None:
-            self._set_link(s, op.entity, cid, op.remote_id, op.remote)
+            self._set_link(op.entity, cid, op.remote_id, op.remote)
         self._count(op)
         return [LogEntry(op, self.name, "applied")]
 
-    def _update_contact(self, s, op: Operation) -> list[LogEntry] | None:
+    def _update_contact(self, s: Session, op: Operation, cid: int) -> list[LogEntry] | None:
         """Apply an inbound contact update; None when applied, else the change-log rows saying why not."""
-        cid = op.canonical_id
-        current = self.book.contacts[cid]
+        current = self._pending.updates.get(cid, (self.contacts[cid], False))[0]
         if op.extra.get("opt_out"):
             new = replace(current, opted_out=True)
         else:
@@ -149,24 +183,21 @@ class InboundApplier:
             return [LogEntry(replace(op, action=Action.CONFLICT), self.name, "skipped",
                              error=f"{', '.join(clash)} already changed by another provider in this run; that change kept")]
         problem = self._number_problem(new.phone, current) if new.phone != current.phone else None
-        if problem is None and not self._write_contact(s, current, new):
+        if problem is None and new.phone != current.phone and not self._renumber(s, current, new):
             problem = f"number {new.phone} is held by a canonical row syncd cannot read; nothing merged"
         if problem is not None:
             return self._number_conflict(op, problem)
-        self.book.contacts[cid] = new
-        if new.phone != current.phone and self._by_phone is not None:
-            self._by_phone.pop(current.phone, None)
-            self._by_phone[new.phone] = cid
+        if new.phone == current.phone:
+            groups_changed = new.groups != current.groups or self._pending.updates.get(cid, (current, False))[1]
+            self._pending.updates[cid] = (new, groups_changed)
+        self.contacts[cid] = new
         return None
 
-    def _write_contact(self, s, current: Contact, new: Contact) -> bool:
-        """Write an updated contact; False when its new number breaks the database's uniqueness."""
-        if new.phone == current.phone:
-            self.store.update_contact(s, new, groups_changed=new.groups != current.groups)
-            return True
+    def _renumber(self, s: Session, current: Contact, new: Contact) -> bool:
+        """Write a contact whose number changes now; False when the database holds the number elsewhere."""
         try:
             with s.begin_nested():  # a row the book skipped as invalid may hold the new number
-                self.store.update_contact(s, new, groups_changed=new.groups != current.groups)
+                self.store.update_contacts(s, [new], groups_changed={new.id} if new.groups != current.groups else ())
         except IntegrityError:
             return False
         return True
@@ -192,71 +223,102 @@ class InboundApplier:
 
     def _cross_provider_clash(self, current: Contact, new: Contact) -> list[str]:
         """Attributes another provider already changed differently in this run (first provider wins)."""
+        assert current.id is not None
         seen = self.touched.setdefault(current.id, {})
-        clash = []
-        for attr in _ATTRIBUTES:
-            if getattr(new, attr) != getattr(current, attr):
-                if seen.get(attr, self.name) != self.name:
-                    clash.append(attr)
+        changed = [attr for attr in _ATTRIBUTES if getattr(new, attr) != getattr(current, attr)]
+        clash = [attr for attr in changed if seen.get(attr, self.name) != self.name]
         if not clash:
-            for attr in _ATTRIBUTES:
-                if getattr(new, attr) != getattr(current, attr):
-                    seen[attr] = self.name
+            seen.update((attr, self.name) for attr in changed)
         return clash
 
-    def _delete(self, s, op: Operation) -> list[LogEntry]:
+    def _delete(self, s: Session, op: Operation) -> list[LogEntry]:
         if op.held or op.skip_reason:
             return [LogEntry(op, self.name, "skipped", error=op.skip_reason or "held")]
         cid = op.canonical_id
+        assert cid is not None
         if op.entity is Entity.GROUP:
             self.store.delete_group(s, cid)
             self.book.groups.pop(cid, None)
-            for contact_id, contact in list(self.book.contacts.items()):
+            for contact_id, contact in list(self.contacts.items()):
                 if cid in contact.groups:
-                    self.book.contacts[contact_id] = replace(contact, groups=contact.groups - {cid})
+                    self.contacts[contact_id] = replace(contact, groups=contact.groups - {cid})
         else:
-            contact = self.book.contacts.get(cid)
+            contact = self.contacts.get(cid)
             if contact is not None and contact.opted_out:
                 self._unlink(s, op)
                 return [LogEntry(op, self.name, "skipped",
                                  error="opted out: kept in the canonical book so the opt-out is not lost")]
-            self.store.delete_contact(s, cid)
-            self.book.contacts.pop(cid, None)
+            self._pending.deletes.add(cid)
+            self._pending.updates.pop(cid, None)
+            self.contacts.pop(cid, None)
+            self.touched.setdefault(cid, {})
         self._unlink(s, op)
         self._count(op)
         return [LogEntry(op, self.name, "applied")]
 
-    def _link(self, s, op: Operation) -> list[LogEntry]:
-        self._set_link(s, op.entity, op.canonical_id, op.remote_id, op.after or {})
+    def _link(self, s: Session, op: Operation) -> list[LogEntry]:
+        assert op.canonical_id is not None
+        self._set_link(op.entity, op.canonical_id, op.remote_id, op.after or {})
         if op.remote_id is not None:
-            self.store.settle_found(s, self.name, op.entity.value, op.canonical_id, op.remote_id)
+            self.store.settle_found(s, self.name, op.entity.value, [op.canonical_id])
         return [LogEntry(op, self.name, "applied")]
 
-    def _conflict(self, s, op: Operation) -> list[LogEntry]:
+    def _conflict(self, s: Session, op: Operation) -> list[LogEntry]:
         self.counts["conflicts"] = self.counts.get("conflicts", 0) + 1
         if op.held:
             if (op.entity.value, op.canonical_id, op.remote_id) in self.open_conflicts:
                 return []  # already listed for `syncd resolve`
             return [LogEntry(op, self.name, "planned")]
         if op.remote is not None and op.canonical_id is not None and op.remote_id is not None:
-            self._set_link(s, op.entity, op.canonical_id, op.remote_id, op.remote)
+            self._set_link(op.entity, op.canonical_id, op.remote_id, op.remote)
         return [LogEntry(op, self.name, "applied")]
 
-    def _unlink(self, s, op: Operation) -> list[LogEntry]:
+    def _unlink(self, s: Session, op: Operation) -> list[LogEntry]:
         self._write_links(s)  # links set earlier in this chunk first, so this drop sees them
         if op.canonical_id is not None:
             self.links[op.entity.value].pop(op.canonical_id, None)
-            self.store.drop_link(s, self.name, op.entity.value, op.canonical_id)
+            self.store.drop_links(s, self.name, op.entity.value, cids=[op.canonical_id])
         if op.remote_id is not None and op.entity is Entity.CONTACT and not self.provider.capabilities.list_contacts:
-            self.store.drop_mirror(s, self.name, contacts=True, remote_id=op.remote_id)
+            self.store.drop_mirror(s, self.name, contacts=True, remote_ids=[op.remote_id])
         return [LogEntry(op, self.name, "skipped", error=op.skip_reason)] if op.skip_reason else []
 
-    def _report(self, s, op: Operation) -> list[LogEntry]:
+    def _report(self, s: Session, op: Operation) -> list[LogEntry]:
         return [LogEntry(op, self.name, "skipped", error=op.reason)]
 
-    # -- helpers ------------------------------------------------------------------
+    # -- writing a chunk --------------------------------------------------------------
 
-    def _set_link(self, s, entity: Entity, cid: int, remote_id: str | None, base: dict[str, Any]) -> None:
+    def _flush(self, s: Session) -> None:
+        """The chunk's canonical writes (deletes, updates, creates) and links, in a few statements."""
+        pending, self._pending = self._pending, _Pending()
+        self.store.delete_contacts(s, pending.deletes)
+        updates = list(pending.updates.values())
+        self.store.update_contacts(s, [c for c, _ in updates], groups_changed={c.id for c, moved in updates if moved})
+        self._write_creates(s, pending.creates)
+        self._write_links(s)
+
+    def _write_creates(self, s: Session, creates: list[tuple[Operation, Contact]]) -> None:
+        if not creates:
+            return
+        try:
+            with s.begin_nested():
+                ids: list[int | None] = list(self.store.create_contacts(s, [c for _, c in creates]))
+        except IntegrityError:  # a number taken meanwhile (a row written by SQL during the run): one by one
+            ids = [self._create_one(s, contact) for _, contact in creates]
+        for (op, contact), cid in zip(creates, ids, strict=True):
+            if cid is None:
+                self._entries.extend(self._refused(op))
+                continue
+            self.contacts[cid] = replace(contact, id=cid)
+            self._entries.extend(self._created(s, op, cid))
+
+    def _create_one(self, s: Session, contact: Contact) -> int | None:
+        try:
+            with s.begin_nested():
+                return self.store.create_contacts(s, [contact])[0]
+        except IntegrityError:
+            return None
+
+    def _set_link(self, entity: Entity, cid: int, remote_id: str | None, base: dict[str, Any]) -> None:
         if remote_id is None:
             return
         stale = self.by_remote[entity.value].get(remote_id)
@@ -264,9 +326,9 @@ class InboundApplier:
             self.links[entity.value].pop(stale, None)
         self.by_remote[entity.value][remote_id] = cid
         link = self.links[entity.value][cid] = BaseRecord(remote_id, dict(base))
-        self._links_due.append((entity.value, cid, remote_id, link.fields))
+        self._links_due.append((entity.value, cid, remote_id, dict(link.fields)))
 
-    def _write_links(self, s) -> None:
+    def _write_links(self, s: Session) -> None:
         """Write the links set since the last call, in the chunk's transaction.
 
         Batched because one statement per link cost most of a large import; the

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, select, update
 
+from syncd.db import journal
 from syncd.db.models import ChangeLogRow, LinkRow
 from syncd.db.repo import utcnow
 from syncd.errors import SyncdError
@@ -32,6 +33,9 @@ def resolve(engine: Engine, change_id: int, keep: str) -> str:
             conn.execute(update(LinkRow).where(LinkRow.provider == row.provider, LinkRow.entity == row.entity,
                                                LinkRow.canonical_id == row.canonical_id)
                          .values(base=base, base_fingerprint=fingerprint(base)))
+        if row.entity == "contact":  # the next (incremental) run must look at this record again
+            journal.record(conn, row.provider, "contact", canonical_ids=[row.canonical_id] if row.canonical_id else [],
+                           remote_ids=[row.remote_id] if row.remote_id and not row.canonical_id else [])
         conn.execute(update(ChangeLogRow).where(ChangeLogRow.id == change_id).values(
             status="applied", resolved_at=utcnow(), after={"kept": keep}))
     return f"conflict {change_id} resolved: {keep} version kept; the next run carries it out"

@@ -1,7 +1,20 @@
 """One sync run: pull every provider, reconcile, apply inbound, push outbound, record.
 
 ``run_once`` is the single code path of ``syncd sync``, ``syncd plan`` (a dry
-run: the same pull and plan, nothing written anywhere) and the daemon.
+run: the same pull and plan inside a transaction that is rolled back, and no
+provider is written) and the daemon.
+
+A run reconciles what may be out of step (see "Change detection" in
+:mod:`syncd.db.models` and :mod:`syncd.sync.scope`): per account, the records
+the journal names past the account's position, those its pull found changed or
+gone, and those due for a retry; or everything, in a full run. In order:
+
+1. pull every account concurrently into the mirror (unchanged records are dropped as their page arrives);
+2. groups, every account: reconcile (all groups: there are few) and apply the inbound operations;
+3. contacts, every account in turn: reconcile its scope window by window and apply the inbound operations;
+4. push, every account concurrently: groups, then contacts window by window, deletes last;
+5. move each account that finished to where the journal stood when the run started,
+   journalling the records it left out of step.
 """
 
 from __future__ import annotations
@@ -9,28 +22,39 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any
 
 import structlog
 from sqlalchemy import Engine
 
 from syncd.config import Config, ProviderSettings
+from syncd.db.canonical import KEEPER
+from syncd.db.journal import FLOOR, Position
 from syncd.db.repo import Book, LogEntry, Store, utcnow
 from syncd.errors import LeaseLost, ProviderError, Unsupported
-from syncd.model import Contact, RemoteContact, RemoteGroup, fingerprint
+from syncd.model import Contact, RemoteGroup, fingerprint
 from syncd.providers import build_provider
 from syncd.providers.base import Provider
 from syncd.sync import project
-from syncd.sync.executor import Pusher
-from syncd.sync.inbound import InboundApplier
+from syncd.sync.executor import Ledger, Pusher, RetryRules
+from syncd.sync.inbound import InboundApplier, Touched
 from syncd.sync.plan import Action, Direction, Entity, Operation, guard
+from syncd.sync.progress import Progress, Silent
 from syncd.sync.reconcile import BaseRecord, Policy, reconcile
+from syncd.sync.scope import Part, Scope, Seeds, Window
 
-__all__ = ["ProviderReport", "RunReport", "run_once"]
+__all__ = ["ENGINE_VERSION", "ProviderReport", "RunReport", "run_once"]
 
 log = structlog.get_logger("syncd.run")
+
+#: Part of every account's settings fingerprint: raise it when a release changes how records are
+#: projected or reconciled, so that the first run after an upgrade is a full one.
+ENGINE_VERSION = 2
+#: Operations a real run keeps in its report (all of them in a dry run, which prints them).
+PLAN_SAMPLE = 1000
 
 
 @dataclass
@@ -41,10 +65,21 @@ class ProviderReport:
     status: str = "ok"  # ok | failed | skipped
     error: str | None = None
     complete: bool = False
+    full: bool = False  # this run reconciled every record of the account
     counts: dict[str, int] = field(default_factory=dict)
-    plan: list[Operation] = field(default_factory=list)
+    plan: list[Operation] = field(default_factory=list)  # the planned operations (a sample in a real run)
+    changes: int = 0  # planned operations that change a side (``Operation.is_change``)
     requests: int = 0  # HTTP requests sent to the account (retries included), for metrics
     retries: int = 0
+    keep_all: bool = False
+
+    def planned(self, ops: Iterable[Operation]) -> None:
+        for op in ops:
+            if op.action is Action.UNLINK:
+                continue
+            self.changes += op.is_change
+            if self.keep_all or len(self.plan) < PLAN_SAMPLE:
+                self.plan.append(op)
 
     def summary(self) -> dict[str, Any]:
         return {"status": self.status, "error": self.error, **self.counts}
@@ -63,20 +98,47 @@ class RunReport:
 
     @property
     def pending_changes(self) -> int:
-        return sum(1 for p in self.providers for op in p.plan if op.is_change)
+        return sum(p.changes for p in self.providers)
 
 
 @dataclass
 class _Account:
+    """One account's state during a run."""
+
     settings: ProviderSettings
     client: Provider
     report: ProviderReport
     policy: Policy
-    groups: dict[str, RemoteGroup] = field(default_factory=dict)
-    contacts: dict[str, RemoteContact] = field(default_factory=dict)
-    links: dict[str, dict[int, BaseRecord]] = field(default_factory=dict)
-    ledger: dict[tuple[str, int | None, str | None], Any] = field(default_factory=dict)  # see Store.retry_ledger
-    rejected_groups: dict[int, str | None] = field(default_factory=dict)  # group id -> fingerprint refused
+    fence: Callable[[], None]
+    settings_print: str
+    position: Position | None = None
+    groups: dict[str, RemoteGroup] = field(default_factory=dict)  # the mirror's groups, as pulled
+    group_links: dict[int, BaseRecord] = field(default_factory=dict)
+    ledger: Ledger = field(default_factory=dict)
+    seeds: Seeds = field(default_factory=Seeds)
+    check: set[int] | None = None  # canonical rows whose phone is validated again (None: all)
+    out_of_step: set[int] = field(default_factory=set)  # journalled for the next run
+    out_of_step_remote: set[str] = field(default_factory=set)
+    finished: bool = False  # reconciled to the end: its position may move
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How :func:`run_once` runs (see its parameters)."""
+
+    only: Sequence[str] = ()
+    trigger: str = "manual"
+    dry_run: bool = False
+    allow_mass_delete: bool = False
+    full: bool = False
+    client_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    stopping: Callable[[], bool] = lambda: False
+    fence_for: Callable[[str], Callable[[], None]] | None = None
+    progress: Progress | None = None
 
 
 def owner_id() -> str:
@@ -84,60 +146,449 @@ def owner_id() -> str:
 
 
 async def run_once(config: Config, engine: Engine, *, only: Sequence[str] = (), trigger: str = "manual",
-                   dry_run: bool = False, allow_mass_delete: bool = False,
-                   client_options: dict[str, dict[str, Any]] | None = None,
+                   dry_run: bool = False, allow_mass_delete: bool = False, full: bool = False,
+                   client_options: Mapping[str, Mapping[str, Any]] | None = None,
                    stopping: Callable[[], bool] = lambda: False,
                    fence_for: Callable[[str], Callable[[], None]] | None = None,
-                   progress: Callable[[str], None] | None = None) -> RunReport:
-    """Run one full sync (or, with ``dry_run``, plan it) and report per provider."""
-    store = Store(engine, dry_run=dry_run)
-    chosen = [p for p in config.providers if p.enabled and (not only or p.name in only)]
-    run_id = store.start_run(trigger, owner_id())
-    structlog.contextvars.bind_contextvars(run_id=run_id)
-    accounts = [_account(config, p, (client_options or {}).get(p.name, {})) for p in chosen]
-    try:
-        store.settle_interrupted(a.settings.name for a in accounts)
-        await _all(_pull(store, run_id, a, progress) for a in accounts)
-        book = store.load_book(config.sync.default_region)
-        _report_invalid(store, run_id, book)
-        ready = [a for a in accounts if a.report.complete]
+                   progress: Progress | None = None) -> RunReport:
+    """Run one sync (or, with ``dry_run``, plan it) and report per provider.
+
+    ``full`` reconciles every record instead of what may have changed;
+    ``stopping`` is polled between batches (a daemon's SIGTERM); ``fence_for``
+    gives each account's lease check; ``progress`` shows the phases on a terminal.
+    """
+    options = RunOptions(only, trigger, dry_run, allow_mass_delete, full, client_options or {}, stopping,
+                         fence_for, progress)
+    with Store(engine, dry_run=dry_run) as store:
+        return await Run(config, store, options).execute()
+
+
+class Run:
+    """One run's steps over its accounts (see the module docstring)."""
+
+    def __init__(self, config: Config, store: Store, options: RunOptions) -> None:
+        self.config, self.store, self.options = config, store, options
+        self.progress: Progress = options.progress or Silent()
+        self.run_id = 0
+        self.book = Book({}, {})
+        self.touched: Touched = {}  # canonical contacts changed by inbound operations this run
+        self.open_invalid: dict[tuple[str, int], str] = {}
+        self._reported_invalid: list[tuple[int, str, str]] = []
+        self.revisit: set[int] = set()  # canonical rows read again whatever changed (see _steps)
+        self.accounts: list[_Account] = []
+
+    async def execute(self) -> RunReport:
+        store, options = self.store, self.options
+        chosen = [p for p in self.config.providers if p.enabled and (not options.only or p.name in options.only)]
+        self.run_id = store.start_run(options.trigger, owner_id())
+        structlog.contextvars.bind_contextvars(run_id=self.run_id)
+        self.accounts = [self._account(p) for p in chosen]
+        try:
+            await self._steps()
+        except BaseException as exc:
+            self._abandon(exc)
+            raise
+        finally:
+            await asyncio.gather(*(a.client.aclose() for a in self.accounts), return_exceptions=True)
+            for a in self.accounts:
+                a.report.requests, a.report.retries = a.client.stats.requests, a.client.stats.retries
+            structlog.contextvars.unbind_contextvars("run_id")
+            self.progress.close()
+        reports = [a.report for a in self.accounts]
+        status = _run_status(reports)
+        store.finish_run(self.run_id, status, {"providers": {r.name: r.summary() for r in reports}})
+        return RunReport(self.run_id, status, reports, self._reported_invalid)
+
+    async def _steps(self) -> None:
+        store = self.store
+        store.settle_interrupted(a.name for a in self.accounts)
+        start = store.journal_position()
+        positions = store.positions()
+        await _all(self._pull(a) for a in self.accounts)
+        groups, invalid_groups = store.load_groups()
+        self.book = Book({}, groups, invalid_groups=invalid_groups)
+        self.open_invalid = store.invalid_open()
+        # Rows reported invalid are read again every run (a fix, or the row another one
+        # was a duplicate of going away, makes them valid), with the rows keeping their numbers.
+        self.revisit = {cid for entity, cid in self.open_invalid if entity == "contact"}
+        self.revisit |= {int(m.group(1)) for (entity, _), error in self.open_invalid.items()
+                         if entity == "contact" and (m := KEEPER.search(error))}
+        self._report_invalid([], invalid_groups, loaded=None)
+        self._close_removed_invalid()
+        ready = [a for a in self.accounts if a.report.complete]
         for a in ready:
-            a.links = {e: store.load_links(a.settings.name, e) for e in ("group", "contact")}
-            a.ledger = store.retry_ledger(a.settings.name)
-            a.rejected_groups = {k[1]: row.fingerprint for k, row in a.ledger.items()
-                                 if k[0] == "group" and k[1] is not None and row.status == "rejected"}
-        touched: dict[int, dict[str, str]] = {}
-        fences = {a.settings.name: fence_for(a.settings.name) if fence_for else (lambda: None) for a in ready}
-        for entity in (Entity.GROUP, Entity.CONTACT):
-            for a in ready:
-                if _still_leased(a, fences[a.settings.name]):
-                    _inbound(store, run_id, book, a, entity, touched, config, allow_mass_delete)
+            self._prepare(a, positions)
+        for a in ready:
+            if self._still_leased(a):
+                self._inbound_groups(a)
+        for a in ready:
+            if self._still_leased(a):
+                self._inbound_contacts(a)
         writable = [a for a in ready if a.settings.mode != "pull" and a.report.status != "failed"]
-        await _all(_outbound(store, run_id, book, a, config, allow_mass_delete, stopping, fences[a.settings.name])
-                   for a in writable)
-    except BaseException as exc:
-        _abandon_run(store, run_id, exc)
-        raise
-    finally:
-        await asyncio.gather(*(a.client.aclose() for a in accounts), return_exceptions=True)
-        for a in accounts:
-            stats = getattr(a.client, "stats", None)
-            a.report.requests, a.report.retries = getattr(stats, "requests", 0), getattr(stats, "retries", 0)
-        structlog.contextvars.unbind_contextvars("run_id")
-    reports = [a.report for a in accounts]
-    status = _run_status(reports)
-    store.finish_run(run_id, status, {"providers": {r.name: r.summary() for r in reports}})
-    return RunReport(run_id, status, reports, book.invalid + book.invalid_groups)
+        await _all(self._outbound(a) for a in writable)
+        if not store.dry_run:
+            self._move_positions(ready, start)
+
+    # -- accounts ----------------------------------------------------------------------------------
+
+    def _account(self, settings: ProviderSettings) -> _Account:
+        options = self.options
+        client = build_provider(settings, default_region=self.config.sync.default_region,
+                                **options.client_options.get(settings.name, {}))
+        policy = Policy(settings.name, conflict=self.config.conflict_for(settings), mode=settings.mode)
+        fence = options.fence_for(settings.name) if options.fence_for else (lambda: None)
+        report = ProviderReport(settings.name, keep_all=options.dry_run)
+        settings_print = fingerprint({"engine": ENGINE_VERSION, "type": settings.type, "mode": settings.mode,
+                                      "conflict": policy.conflict, "region": self.config.sync.default_region})
+        return _Account(settings, client, report, policy, fence, settings_print)
+
+    def _prepare(self, a: _Account, positions: Mapping[str, Position]) -> None:
+        """What the account's reconcile starts from: its links to groups, its retry ledger, its seeds."""
+        store = self.store
+        a.group_links = store.load_links(a.name, "group")
+        a.ledger = store.retry_ledger(a.name)
+        a.position = positions.get(a.name)
+        a.report.full = self._needs_full_run(a, positions)
+        changes = store.journal_changes(a.name, a.position.position) if a.position is not None else None
+        invalid_ids = self.revisit
+        if changes is None:
+            a.check = None
+        else:
+            a.check = changes.contacts | invalid_ids
+        if a.report.full:
+            a.seeds = Seeds(everything=True)
+            return
+        assert changes is not None
+        a.seeds = Seeds(set(changes.contacts) | invalid_ids, set(changes.remote_contacts))
+        now = utcnow()
+        for (entity, cid, rid), row in a.ledger.items():
+            if entity == "contact" and row.due(now, RetryRules().cap):
+                a.seeds.add(contacts=[cid] if cid is not None else [], remote=[rid] if rid is not None else [])
+
+    def _needs_full_run(self, a: _Account, positions: Mapping[str, Position]) -> bool:
+        p = a.position
+        if self.options.full or p is None or p.settings != a.settings_print or p.full_at is None:
+            return True
+        floor = positions.get(FLOOR)
+        if floor is not None and p.position < floor.position:
+            return True  # the journal was pruned past what this account has read
+        return utcnow() - p.full_at >= timedelta(seconds=self.config.sync.full_every)
+
+    def _move_positions(self, ready: Sequence[_Account], start: int) -> None:
+        """Accounts that reconciled to the end move to where the journal stood at the start of the run."""
+        for a in ready:
+            if a.finished and a.report.status != "failed":
+                self.store.save_position(a.name, start, a.settings_print, full=a.report.full,
+                                         marks=a.out_of_step, remote_marks=a.out_of_step_remote)
+        self.store.prune_journal([p.name for p in self.config.providers if p.enabled])
+
+    def _abandon(self, exc: BaseException) -> None:
+        """Close the run's row as failed when the run dies, so it never stays `running`."""
+        try:
+            why = ("stopped before the run finished" if isinstance(exc, asyncio.CancelledError)
+                   else f"the run died ({type(exc).__name__}; the log has the details)")
+            self.store.finish_run(self.run_id, "failed", {}, error=f"{why}; the next run resumes its work")
+        except Exception:
+            log.exception("run.finish_failed", run_id=self.run_id)
+
+    def _still_leased(self, a: _Account) -> bool:
+        """Check the account's lease before writing inbound changes; a lost one fails the account."""
+        if a.report.status == "failed":
+            return False
+        try:
+            a.fence()
+        except LeaseLost as exc:
+            a.report.status, a.report.error = "failed", str(exc)
+            log.error("run.lease_lost", provider=a.name, error=str(exc))
+            return False
+        return True
+
+    # -- pull --------------------------------------------------------------------------------------
+
+    async def _pull(self, a: _Account) -> None:
+        store, name = self.store, a.name
+        contacts = 0
+        try:
+            known = store.mirror_fingerprints(name, contacts=False)
+            async for page in a.client.groups():
+                store.write_mirror(name, groups=page, known=known)
+                a.groups.update((g.remote_id, g) for g in page)
+            if a.client.capabilities.list_contacts:
+                known = store.mirror_fingerprints(name, contacts=True)
+                async for contact_page in a.client.contacts():
+                    store.write_mirror(name, contacts=contact_page, known=known)
+                    for contact in contact_page:
+                        known.pop(contact.remote_id, None)
+                    contacts += len(contact_page)
+                    self.progress.update(f"{name}: pull", contacts)
+                gone = set(known)  # listed last time, not this time
+            else:
+                gone = set()
+        except (ProviderError, Unsupported) as exc:
+            self._pull_failed(a, str(exc))
+            return
+        except Exception as exc:  # a bug or a database error: this provider fails, the others go on
+            log.exception("pull.crashed", provider=name)
+            # Only the type reaches the tables: an unexpected message may quote anything, secrets included.
+            self._pull_failed(a, f"internal error while pulling ({type(exc).__name__}); the log has the details")
+            return
+        store.prune_mirror(name, contacts=False, gone=set(store.mirror_fingerprints(name, contacts=False)) - a.groups.keys())
+        store.prune_mirror(name, contacts=True, gone=gone)
+        a.report.complete = True
+        a.report.counts["pulled"] = len(a.groups) + contacts
+        store.record_pull(name, self.run_id, True, None)
+        log.info("pull.done", provider=name, groups=len(a.groups), contacts=contacts)
+
+    def _pull_failed(self, a: _Account, error: str) -> None:
+        a.report.status, a.report.error = "failed", error
+        log.error("pull.failed", provider=a.name, error=error)
+        try:
+            self.store.record_pull(a.name, self.run_id, False, error)
+        except Exception:  # the database itself may be what failed
+            log.exception("pull.record_failed", provider=a.name)
+
+    # -- reconcile ---------------------------------------------------------------------------------
+
+    def _scope(self, a: _Account) -> Scope:
+        return Scope(self.store, a.name, self.book.groups, self.config.sync.default_region, a.check)
+
+    def _plan_groups(self, a: _Account) -> list[Operation]:
+        c = a.client
+        links, groups = _without_invalid(self.book.invalid_groups, a.group_links, a.groups)
+        ops = reconcile(Entity.GROUP, links, project.local_groups(c, self.book.groups),
+                        project.remote_groups(c, groups), a.policy)
+        return self._guard(a, Entity.GROUP, ops)
+
+    def _plan_contacts(self, a: _Account, window: Window) -> list[Operation]:
+        """The window's contact operations (the deletion guard is the caller's: it spans windows)."""
+        c = a.client
+        group_links, _ = _without_invalid(self.book.invalid_groups, a.group_links, a.groups)
+        local = project.local_contacts(c, _without_groups(window.contacts, self._unplaceable(a, group_links)))
+        links, mirror = _without_invalid(window.invalid, window.links, window.mirror)
+        return reconcile(Entity.CONTACT, links, local, project.remote_contacts(c, mirror, group_links), a.policy)
+
+    def _guard(self, a: _Account, entity: Entity, ops: Sequence[Operation]) -> list[Operation]:
+        if not any(op.action is Action.DELETE for op in ops):
+            return list(ops)
+        if entity is Entity.GROUP:
+            linked, canonical = len(a.group_links), len(self.book.groups)
+        else:
+            linked, canonical = self.store.count_links(a.name, "contact"), self.store.count_contacts()
+        return guard(ops, entity=entity, linked=linked, canonical=canonical,
+                     max_fraction=self.config.sync.max_delete_fraction, allow=self.options.allow_mass_delete,
+                     provider=a.name)
+
+    def _unplaceable(self, a: _Account, group_links: Mapping[int, BaseRecord]) -> set[int]:
+        """Canonical groups the provider refused to create and that have not changed since.
+
+        Memberships in them cannot reach the provider; left in the projection they
+        would plan the same contact update every run.
+        """
+        groups = self.book.groups
+        return {gid for (entity, gid, _), row in a.ledger.items()
+                if entity == "group" and row.status == "rejected" and gid in groups and gid not in group_links
+                and row.fingerprint == fingerprint(project.group_fields(a.client, groups[gid].name,
+                                                                        groups[gid].description))}
+
+    # -- inbound -----------------------------------------------------------------------------------
+
+    def _applier(self, a: _Account) -> InboundApplier:
+        return InboundApplier(self.store, self.run_id, self.book, a.group_links, a.client, self.touched,
+                              a.report.counts)
+
+    def _inbound_groups(self, a: _Account) -> None:
+        ops = self._plan_groups(a)
+        inbound = [op for op in ops if op.direction is Direction.INBOUND or op.action is Action.UNLINK]
+        a.report.planned(inbound)
+        self._applier(a).apply(inbound, None)
+        self._seed_group_members(a, ops)
+
+    def _seed_group_members(self, a: _Account, ops: Iterable[Operation]) -> None:
+        """Members of every group an operation touches may project differently now: reconcile them too."""
+        gids = {op.canonical_id for op in ops if op.canonical_id is not None}
+        rgids = {op.remote_id for op in ops if op.remote_id is not None}
+        if a.seeds.everything or not (gids or rgids):
+            return
+        a.seeds.add(contacts=self.store.canonical_members(gids), remote=self.store.mirror_members(a.name, rgids))
+
+    def _inbound_contacts(self, a: _Account) -> None:
+        applier = self._applier(a)
+        parts = self._parts(a)
+        deferred = _Deferred()
+        for part in parts:
+            window = self._load(a, part)
+            ops = [op for op in self._plan_contacts(a, window)
+                   if op.direction is Direction.INBOUND or op.action is Action.UNLINK]
+            if len(parts) > 1:  # the guard counts deletes over every window: they wait for the others
+                ops = deferred.take(ops, window)
+            else:
+                ops = self._guard(a, Entity.CONTACT, ops)
+            a.report.planned(ops)
+            applier.apply(ops, window)
+            if a.settings.mode == "pull":
+                self._note_out_of_step(a, window, self._plan_contacts(a, window))
+            self.progress.update(f"{a.name}: reconcile", applier.done)
+        if deferred.ops:
+            ops = self._guard(a, Entity.CONTACT, deferred.ops)
+            a.report.planned(ops)
+            applier.apply(ops, deferred.window)
+        if a.settings.mode == "pull":
+            a.finished = True
+
+    def _parts(self, a: _Account) -> list[Part]:
+        seeds = a.seeds
+        if not seeds.everything and self.touched:
+            seeds = Seeds(seeds.contacts | self.touched.keys(), set(seeds.remote))
+        return self._scope(a).parts(seeds)
+
+    def _load(self, a: _Account, part: Part) -> Window:
+        window = self._scope(a).load(part)
+        self._report_invalid(window.invalid, [], loaded={*window.contacts, *(cid for cid, _, _ in window.invalid)})
+        return window
+
+    # -- outbound ----------------------------------------------------------------------------------
+
+    async def _outbound(self, a: _Account) -> None:
+        pusher = Pusher(a.client, self.store, self.run_id, a.group_links, a.report.counts, utcnow(),
+                        batch_size=a.settings.batch_size, ledger=a.ledger, fence=a.fence,
+                        stopping=self.options.stopping, progress=self.progress, mirror_groups=a.groups)
+        try:
+            await self._push_all(a, pusher)
+        except LeaseLost as exc:  # another replica owns the account now: settle nothing more
+            a.report.status, a.report.error = "failed", str(exc)
+            return
+        if pusher.stopped_by is not None:
+            a.report.status, a.report.error = "failed", str(pusher.stopped_by)
+        elif not pusher.halted():
+            a.finished = True
+
+    async def _push_all(self, a: _Account, pusher: Pusher) -> None:
+        group_ops = self._outbound_ops(a, pusher, self._plan_groups(a))
+        self._seed_group_members(a, group_ops)
+        await pusher.push([op for op in group_ops if op.action is not Action.DELETE], None)
+        parts = self._parts(a)
+        deferred = _Deferred()
+        for part in parts:
+            if pusher.halted():
+                return
+            window = self._load(a, part)
+            ops = self._outbound_ops(a, pusher, self._plan_contacts(a, window), guard_now=len(parts) == 1)
+            if len(parts) > 1:
+                ops = deferred.take(ops, window)
+            await pusher.push(ops, window)
+            self._note_out_of_step(a, window, self._plan_contacts(a, window), pusher, deferred)
+        if deferred.ops:
+            ops = self._outbound_ops(a, pusher, deferred.ops, guard_now=True)
+            await pusher.push(ops, deferred.window)
+            self._note_unfinished_deletes(a, ops, pusher)
+        await pusher.push([op for op in group_ops if op.action is Action.DELETE], None)
+
+    def _outbound_ops(self, a: _Account, pusher: Pusher, ops: Sequence[Operation], *,
+                      guard_now: bool = True) -> list[Operation]:
+        """The outbound operations of a plan, guarded, each marked with why it must wait (if it must); reported."""
+        out = [op for op in ops if op.direction is Direction.OUTBOUND and op.action is not Action.UNLINK]
+        if guard_now and out and out[0].entity is not Entity.GROUP:
+            out = self._guard(a, Entity.CONTACT, out)
+        marked = []
+        for op in out:
+            waiting = pusher.waiting_reason(op)
+            marked.append(replace(op, skip_reason=waiting) if waiting and not op.skip_reason else op)
+        a.report.planned(marked)
+        return marked if not self.store.dry_run else []
+
+    def _note_out_of_step(self, a: _Account, window: Window, again: Sequence[Operation],
+                          pusher: Pusher | None = None, deferred: _Deferred | None = None) -> None:
+        """Records a fresh plan of the window still has work for are journalled for the next run."""
+        waiting = set(deferred.records) if deferred is not None else set()
+        for op in again:
+            if op.action is Action.DUPLICATE or (op.action is Action.CONFLICT and op.held):
+                continue  # reported already; a conflict waits for `syncd resolve`, which journals it
+            if pusher is not None and pusher.waiting_reason(op):
+                continue  # rejected (until it changes) or backing off (the retry ledger brings it back)
+            if (op.canonical_id, op.remote_id) in waiting:
+                continue  # a delete still to come in this run
+            self._out_of_step(a, op)
+
+    def _note_unfinished_deletes(self, a: _Account, ops: Sequence[Operation], pusher: Pusher) -> None:
+        for op in ops:
+            if op.skip_reason and not pusher.waiting_reason(op):
+                self._out_of_step(a, op)
+
+    @staticmethod
+    def _out_of_step(a: _Account, op: Operation) -> None:
+        if op.canonical_id is not None and op.canonical_id > 0:
+            a.out_of_step.add(op.canonical_id)
+        elif op.remote_id is not None:
+            a.out_of_step_remote.add(op.remote_id)
+
+    # -- invalid canonical rows --------------------------------------------------------------------
+
+    def _report_invalid(self, contacts: Sequence[tuple[int, str, str]], groups: Sequence[tuple[int, str, str]],
+                        *, loaded: Collection[int] | None) -> None:
+        """Canonical rows syncd cannot sync: reported once each in the change log (provider ``*``).
+
+        A report whose row is valid again is closed by an ``applied`` row.
+        Contacts are judged as windows load them (``loaded``: the ids read);
+        groups once per run (``loaded`` None).
+        """
+        invalid = {("contact", cid): f"{f}: {reason}" for cid, f, reason in contacts}
+        invalid |= {("group", gid): f"{f}: {reason}" for gid, f, reason in groups}
+        fresh = [(key, error) for key, error in invalid.items() if self.open_invalid.get(key) != error]
+        self._reported_invalid.extend(row for row in [*contacts, *groups] if row not in self._reported_invalid)
+        if loaded is None:
+            fixed = [key for key in self.open_invalid if key[0] == "group" and key not in invalid]
+        else:
+            fixed = [key for key in self.open_invalid if key[0] == "contact" and key[1] in loaded
+                     and key not in invalid]
+        self._log_invalid(fresh, fixed)
+
+    def _close_removed_invalid(self) -> None:
+        """Reports of contact rows deleted since: closed (the rows are gone, nothing is left to fix)."""
+        reported = {cid for entity, cid in self.open_invalid if entity == "contact"}
+        if reported:
+            present = self.store.contact_phones(reported).keys()
+            self._log_invalid([], [("contact", cid) for cid in sorted(reported - present)])
+
+    def _log_invalid(self, fresh: Sequence[tuple[tuple[str, int], str]], fixed: Sequence[tuple[str, int]]) -> None:
+        for (entity, cid), error in fresh:
+            log.warning("canonical.invalid", entity=entity, canonical_id=cid, error=error)
+            self.open_invalid[(entity, cid)] = error
+        for key in fixed:
+            self.open_invalid.pop(key, None)
+        entries = [LogEntry(_invalid_op(key, "canonical record cannot be synced"), "*", "rejected", error=error)
+                   for key, error in fresh]
+        entries += [LogEntry(_invalid_op(key, "canonical record fixed or removed; synced again"), "*", "applied")
+                    for key in fixed]
+        if entries:
+            with self.store.session() as s, s.begin():
+                self.store.log(s, self.run_id, entries)
 
 
-def _abandon_run(store: Store, run_id: int, exc: BaseException) -> None:
-    """Close the run's row as failed when the run dies, so it never stays `running`."""
-    try:
-        why = ("stopped before the run finished" if isinstance(exc, asyncio.CancelledError)
-               else f"the run died ({type(exc).__name__}; the log has the details)")
-        store.finish_run(run_id, "failed", {}, error=f"{why}; the next run resumes its work")
-    except Exception:
-        log.exception("run.finish_failed", run_id=run_id)
+class _Deferred:
+    """Deletes held back until every window is planned (the guard counts them over the whole run)."""
+
+    def __init__(self) -> None:
+        self.ops: list[Operation] = []
+        self.window = Window({}, {}, [], {})
+        self.records: list[tuple[int | None, str | None]] = []
+
+    def take(self, ops: Sequence[Operation], window: Window) -> list[Operation]:
+        """The operations to apply now; deletes are kept, with what applying them later needs."""
+        now = []
+        for op in ops:
+            if op.action is not Action.DELETE or op.held or op.skip_reason:
+                now.append(op)
+                continue
+            self.ops.append(op)
+            self.records.append((op.canonical_id, op.remote_id))
+            if op.canonical_id is not None:
+                if op.canonical_id in window.contacts:
+                    self.window.contacts[op.canonical_id] = window.contacts[op.canonical_id]
+                if op.canonical_id in window.links:
+                    self.window.links[op.canonical_id] = window.links[op.canonical_id]
+            if op.remote_id is not None and op.remote_id in window.mirror:
+                self.window.mirror[op.remote_id] = window.mirror[op.remote_id]
+        return now
 
 
 async def _all(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
@@ -152,12 +603,6 @@ async def _all(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
             raise result
 
 
-def _account(config: Config, settings: ProviderSettings, options: dict[str, Any]) -> _Account:
-    client = build_provider(settings, default_region=config.sync.default_region, **options)
-    policy = Policy(settings.name, conflict=config.conflict_for(settings), mode=settings.mode)
-    return _Account(settings, client, ProviderReport(settings.name), policy)
-
-
 def _run_status(reports: list[ProviderReport]) -> str:
     failed = [r for r in reports if r.status == "failed" or r.counts.get("failed")]
     if not failed:
@@ -165,71 +610,8 @@ def _run_status(reports: list[ProviderReport]) -> str:
     return "failed" if len(failed) == len(reports) else "partial"
 
 
-# -- pull ------------------------------------------------------------------------
-
-
-async def _pull(store: Store, run_id: int, a: _Account, progress: Callable[[str], None] | None = None) -> None:
-    name = a.settings.name
-    try:
-        known = store.mirror_fingerprints(name, contacts=False)
-        async for page in a.client.groups():
-            store.write_mirror(name, groups=page, known=known)
-            a.groups.update((g.remote_id, g) for g in page)
-        if a.client.capabilities.list_contacts:
-            known = store.mirror_fingerprints(name, contacts=True)
-            async for page in a.client.contacts():
-                store.write_mirror(name, contacts=page, known=known)
-                a.contacts.update((c.remote_id, c) for c in page)
-                if progress:
-                    progress(f"{name}: pulled {len(a.contacts)} contacts")
-        else:
-            a.contacts = store.load_mirror_contacts(name)  # what syncd last wrote (outbound-only contacts)
-    except (ProviderError, Unsupported) as exc:
-        _pull_failed(store, run_id, a, str(exc))
-        return
-    except Exception as exc:  # a bug or a database error: this provider fails, the others go on
-        log.exception("pull.crashed", provider=name)
-        # Only the type reaches the tables: an unexpected message may quote anything, secrets included.
-        _pull_failed(store, run_id, a, f"internal error while pulling ({type(exc).__name__}); the log has the details")
-        return
-    store.prune_mirror(name, contacts=False, keep=a.groups)
-    if a.client.capabilities.list_contacts:
-        store.prune_mirror(name, contacts=True, keep=a.contacts)
-    a.report.complete = True
-    a.report.counts["pulled"] = len(a.groups) + (len(a.contacts) if a.client.capabilities.list_contacts else 0)
-    store.record_pull(name, run_id, True, None)
-    log.info("pull.done", provider=name, groups=len(a.groups), contacts=len(a.contacts))
-
-
-def _pull_failed(store: Store, run_id: int, a: _Account, error: str) -> None:
-    a.report.status, a.report.error = "failed", error
-    log.error("pull.failed", provider=a.settings.name, error=error)
-    try:
-        store.record_pull(a.settings.name, run_id, False, error)
-    except Exception:  # the database itself may be what failed
-        log.exception("pull.record_failed", provider=a.settings.name)
-
-
-# -- reconcile ---------------------------------------------------------------------
-
-
-def _plan(book: Book, a: _Account, entity: Entity, config: Config, allow: bool) -> list[Operation]:
-    c = a.client
-    group_links, groups = _without_invalid(book.invalid_groups, a.links["group"], a.groups)
-    if entity is Entity.GROUP:
-        links, local, remote = group_links, project.local_groups(c, book.groups), project.remote_groups(c, groups)
-    else:
-        local = project.local_contacts(c, _without_groups(book.contacts, _unplaceable(book, a, group_links)))
-        links, contacts = _without_invalid(book.invalid, a.links["contact"], a.contacts)
-        remote = project.remote_contacts(c, contacts, group_links)
-    ops = reconcile(entity, links, local, remote, a.policy)
-    canonical = len(book.groups) if entity is Entity.GROUP else len(book.contacts)
-    return guard(ops, entity=entity, linked=len(a.links[entity.value]), canonical=canonical,
-                 max_fraction=config.sync.max_delete_fraction, allow=allow, provider=a.settings.name)
-
-
-def _without_invalid(invalid: list[tuple[int, str, str]], links: dict[int, BaseRecord], remote: dict[str, Any]
-                     ) -> tuple[dict[int, BaseRecord], dict[str, Any]]:
+def _without_invalid(invalid: Sequence[tuple[int, str, str]], links: Mapping[int, BaseRecord],
+                     remote: Mapping[str, Any]) -> tuple[dict[int, BaseRecord], dict[str, Any]]:
     """Hide linked records whose canonical row is invalid (a phone typed wrong by SQL).
 
     Such a row is missing from the book; reconciled as is, its absence would
@@ -238,90 +620,16 @@ def _without_invalid(invalid: list[tuple[int, str, str]], links: dict[int, BaseR
     """
     held = {links[cid].remote_id for cid, _, _ in invalid if cid in links}
     if not held:
-        return links, remote
+        return dict(links), dict(remote)
     return ({cid: link for cid, link in links.items() if link.remote_id not in held},
             {rid: r for rid, r in remote.items() if rid not in held})
 
 
-def _unplaceable(book: Book, a: _Account, group_links: dict[int, BaseRecord]) -> set[int]:
-    """Canonical groups the provider refused to create and that have not changed since.
-
-    Memberships in them cannot reach the provider; left in the projection they
-    would plan the same contact update every run.
-    """
-    return {gid for gid, fp in a.rejected_groups.items() if gid in book.groups and gid not in group_links
-            and fp == fingerprint(project.group_fields(a.client, book.groups[gid].name, book.groups[gid].description))}
-
-
-def _without_groups(contacts: dict[int, Contact], hidden: set[int]) -> dict[int, Contact]:
+def _without_groups(contacts: Mapping[int, Contact], hidden: set[int]) -> dict[int, Contact]:
     if not hidden:
-        return contacts
+        return dict(contacts)
     return {cid: replace(c, groups=c.groups - hidden) if c.groups & hidden else c for cid, c in contacts.items()}
 
 
-def _inbound(store: Store, run_id: int, book: Book, a: _Account, entity: Entity,
-             touched: dict[int, dict[str, str]], config: Config, allow: bool) -> None:
-    ops = [op for op in _plan(book, a, entity, config, allow)
-           if op.direction is Direction.INBOUND or op.action is Action.UNLINK]
-    a.report.plan.extend(op for op in ops if op.action is not Action.UNLINK)
-    InboundApplier(store, run_id, book, a.links, a.client, touched, a.report.counts).apply(ops)
-
-
-async def _outbound(store: Store, run_id: int, book: Book, a: _Account, config: Config, allow: bool,
-                    stopping: Callable[[], bool], fence: Callable[[], None]) -> None:
-    ops = [op for entity in (Entity.GROUP, Entity.CONTACT) for op in _plan(book, a, entity, config, allow)
-           if op.direction is Direction.OUTBOUND and op.action is not Action.UNLINK]
-    pusher = Pusher(a.client, store, run_id, a.links, a.contacts, a.report.counts, utcnow(),
-                    batch_size=a.settings.batch_size, ledger=a.ledger,
-                    fence=fence, stopping=stopping, mirror_groups=a.groups)
-    waiting = {id(op): pusher.waiting_reason(op) for op in ops}
-    a.report.plan.extend(replace(op, skip_reason=waiting[id(op)]) if waiting[id(op)] else op for op in ops)
-    if store.dry_run:
-        return
-    ops = [op for op in ops if not waiting[id(op)]]
-    try:
-        await pusher.push(ops)
-    except LeaseLost as exc:  # another replica owns the account now: settle nothing more
-        a.report.status, a.report.error = "failed", str(exc)
-        return
-    if pusher.stopped_by is not None:
-        a.report.status, a.report.error = "failed", str(pusher.stopped_by)
-
-
-def _still_leased(a: _Account, fence: Callable[[], None]) -> bool:
-    """Check the account's lease before writing inbound changes; a lost one fails the account."""
-    if a.report.status == "failed":
-        return False
-    try:
-        fence()
-    except LeaseLost as exc:
-        a.report.status, a.report.error = "failed", str(exc)
-        log.error("run.lease_lost", provider=a.settings.name, error=str(exc))
-        return False
-    return True
-
-
-def _report_invalid(store: Store, run_id: int, book: Book) -> None:
-    """Canonical rows syncd cannot sync: reported once each in the change log (provider ``*``).
-
-    A report whose row is valid again (or gone) is closed by an ``applied`` row.
-    """
-    open_reports = store.invalid_open()
-    invalid = {(entity, cid): f"{f}: {reason}" for entity, rows in ((Entity.CONTACT, book.invalid),
-                                                                    (Entity.GROUP, book.invalid_groups))
-               for cid, f, reason in rows}
-    fresh = [(key, error) for key, error in invalid.items() if open_reports.get((key[0].value, key[1])) != error]
-    fixed = [(Entity(entity), cid) for entity, cid in open_reports if (Entity(entity), cid) not in invalid]
-    for (entity, cid), error in fresh:
-        log.warning("canonical.invalid", entity=entity.value, canonical_id=cid, error=error)
-    entries = [LogEntry(_invalid_op(key, "canonical record cannot be synced"), "*", "rejected", error=error)
-               for key, error in fresh]
-    entries += [LogEntry(_invalid_op(key, "canonical record fixed or removed; synced again"), "*", "applied")
-                for key in fixed]
-    if entries:
-        with store.session() as s, s.begin():
-            store.log(s, run_id, entries)
-
-
-def _invalid_op(key: tuple[Entity, int], reason: str) -> Operation:
-    return Operation(Action.UPDATE, key[0], Direction.OUTBOUND, reason, canonical_id=key[1])
+def _invalid_op(key: tuple[str, int], reason: str) -> Operation:
+    return Operation(Action.UPDATE, Entity(key[0]), Direction.OUTBOUND, reason, canonical_id=key[1])

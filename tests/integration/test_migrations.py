@@ -49,7 +49,7 @@ def test_upgrade_applies_once_then_reports_up_to_date(db_url: str) -> None:
     assert upgrade(db_url) is False
     engine = make_engine(db_url)
     try:
-        assert current_revision(engine) == head_revision() == "0001"
+        assert current_revision(engine) == head_revision() == "0002"
         check_schema(engine)
     finally:
         engine.dispose()
@@ -285,11 +285,12 @@ def test_check_schema_refuses_a_schema_behind_the_code(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     upgrade(db_url)
+    shipped = head_revision()
     scripts = _scripts_with_a_second_revision(tmp_path)
     monkeypatch.setattr(migrate, "script_location", lambda: str(scripts))
     engine = make_engine(db_url)
     try:
-        with pytest.raises(SchemaError, match=r"behind \(at 0001, code needs 0002\).*run `syncd db upgrade`"):
+        with pytest.raises(SchemaError, match=rf"behind \(at {shipped}, code needs probe\).*run `syncd db upgrade`"):
             check_schema(engine, allow_create_sqlite=True)
         assert upgrade(engine) is True
         check_schema(engine)
@@ -327,11 +328,11 @@ def test_check_schema_does_not_take_over_a_sqlite_file_holding_other_tables(sqli
 
 
 def _scripts_with_a_second_revision(tmp_path: Path) -> Path:
-    """A copy of the shipped scripts plus a trivial revision 0002 on top."""
+    """A copy of the shipped scripts plus a trivial revision ``probe`` on top of the head."""
     scripts = tmp_path / "scripts"
     shutil.copytree(migrate.script_location(), scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_probe.py").write_text(
-        'revision = "0002"\ndown_revision = "0001"\nbranch_labels = None\ndepends_on = None\n\n'
+    (scripts / "versions" / "9999_probe.py").write_text(
+        f'revision = "probe"\ndown_revision = "{head_revision()}"\nbranch_labels = None\ndepends_on = None\n\n'
         "def upgrade():\n    pass\n\n\ndef downgrade():\n    pass\n"
     )
     return scripts

@@ -1,0 +1,127 @@
+"""The change journal and each account's position in it (see "Change detection" in :mod:`syncd.db.models`).
+
+Positions are integers whose meaning depends on the database: on SQLite the
+highest ``seq`` seen (writers are serialised, so every lower ``seq`` is
+committed), on PostgreSQL the oldest transaction still running (every row of an
+older transaction is visible; rows of later ones are at or past it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import Connection, ColumnElement, delete, func, insert, literal_column, or_, select, update
+
+from syncd.db.models import RecordChangeRow, SyncPositionRow
+
+__all__ = ["FLOOR", "Changes", "Position", "changes_since", "current_position", "positions", "prune", "record",
+           "save_position"]
+
+#: The ``sync_positions`` row holding the journal's pruned start.
+FLOOR = "*"
+
+_TXID = "pg_current_xact_id()::text::bigint"
+
+
+@dataclass
+class Changes:
+    """The records journalled past a position, for one account."""
+
+    contacts: set[int] = field(default_factory=set)  # canonical contact ids
+    groups: set[int] = field(default_factory=set)  # canonical group ids
+    remote_contacts: set[str] = field(default_factory=set)  # remote ids at this account
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """One account's place in the journal."""
+
+    position: int
+    settings: str
+    full_at: datetime | None
+
+
+def _postgresql(conn: Connection) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+def current_position(conn: Connection) -> int:
+    """Where the journal stands now: the position a run that starts now moves its accounts to."""
+    if _postgresql(conn):
+        return int(conn.execute(select(literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")))
+                   .scalar_one())
+    return int(conn.execute(select(func.coalesce(func.max(RecordChangeRow.seq), 0))).scalar_one())
+
+
+def _past(conn: Connection, position: int) -> ColumnElement[bool]:
+    """Rows at or past ``position`` (PostgreSQL) / after it (SQLite): what a reader at ``position`` has not seen."""
+    if _postgresql(conn):
+        return RecordChangeRow.txid >= position
+    return RecordChangeRow.seq > position
+
+
+def changes_since(conn: Connection, provider: str, position: int) -> Changes:
+    """The canonical changes and the records marked for ``provider`` past ``position``."""
+    r = RecordChangeRow
+    rows = conn.execute(select(r.entity, r.canonical_id, r.remote_id).distinct()
+                        .where(_past(conn, position), or_(r.provider.is_(None), r.provider == provider)))
+    changes = Changes()
+    for entity, canonical_id, remote_id in rows:
+        if entity == "group":
+            if canonical_id is not None:
+                changes.groups.add(canonical_id)
+        elif canonical_id is not None:
+            changes.contacts.add(canonical_id)
+        elif remote_id is not None:
+            changes.remote_contacts.add(remote_id)
+    return changes
+
+
+def record(conn: Connection, provider: str, entity: str, *, canonical_ids: Iterable[int] = (),
+           remote_ids: Iterable[str] = ()) -> None:
+    """Journal records of ``provider`` for its next run to look at (in the caller's transaction)."""
+    rows = [{"provider": provider, "entity": entity, "canonical_id": cid, "remote_id": None} for cid in canonical_ids]
+    rows += [{"provider": provider, "entity": entity, "canonical_id": None, "remote_id": rid} for rid in remote_ids]
+    if not rows:
+        return
+    statement = insert(RecordChangeRow)
+    if _postgresql(conn):
+        statement = statement.values(txid=literal_column(_TXID))
+    conn.execute(statement, rows)
+
+
+def positions(conn: Connection) -> dict[str, Position]:
+    """Every account's position, and the journal's pruned start under :data:`FLOOR`."""
+    p = SyncPositionRow
+    return {provider: Position(position, settings, full_at)
+            for provider, position, settings, full_at in conn.execute(select(p.provider, p.position, p.settings,
+                                                                             p.full_at))}
+
+
+def save_position(conn: Connection, provider: str, position: int, settings: str, full_at: datetime | None) -> None:
+    """Move an account to ``position`` (``full_at`` None keeps the time of its last full run)."""
+    p = SyncPositionRow
+    values: dict[str, object] = {"position": position, "settings": settings}
+    if full_at is not None:
+        values["full_at"] = full_at
+    if conn.execute(update(p).where(p.provider == provider).values(**values)).rowcount == 0:
+        conn.execute(insert(p).values(provider=provider, **({"full_at": None} | values)))
+
+
+def prune(conn: Connection, accounts: Collection[str], known: Mapping[str, Position]) -> int:
+    """Drop the rows every account in ``accounts`` has read; raise the floor to match. Rows deleted."""
+    # An account without a position does a full run anyway (and one whose position
+    # ends up below the floor does a full one again): it holds nothing back.
+    held = [known[a].position for a in accounts if a in known]
+    if not held:
+        return 0
+    floor = min(held)
+    r = RecordChangeRow
+    gone = r.txid < floor if _postgresql(conn) else r.seq <= floor
+    deleted = conn.execute(delete(r).where(gone)).rowcount or 0
+    previous = known.get(FLOOR)
+    if previous is None or previous.position < floor:
+        save_position(conn, FLOOR, floor, "", None)
+    return deleted
