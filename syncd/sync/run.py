@@ -136,8 +136,8 @@ def _abandon_run(store: Store, run_id: int, exc: BaseException) -> None:
         why = ("stopped before the run finished" if isinstance(exc, asyncio.CancelledError)
                else f"the run died ({type(exc).__name__}; the log has the details)")
         store.finish_run(run_id, "failed", {}, error=f"{why}; the next run resumes its work")
-    except Exception:
-        log.exception("run.finish_failed", run_id=run_id)
+    except Exception as failed:  # the caller reports the run's error (mostly this same outage): no second traceback
+        log.warning("run.finish_failed", run_id=run_id, error=(str(failed).splitlines() or [repr(failed)])[0])
 
 
 async def _all(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
