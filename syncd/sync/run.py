@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from syncd.config import Config, ProviderSettings
 from syncd.db.repo import Book, LogEntry, Store, utcnow
+from syncd.dberrors import database_outage
 from syncd.errors import LeaseLost, ProviderError, Unsupported
 from syncd.model import Contact, RemoteContact, RemoteGroup, fingerprint
 from syncd.providers import build_provider
@@ -187,7 +188,9 @@ async def _pull(store: Store, run_id: int, a: _Account, progress: Callable[[str]
     except (ProviderError, Unsupported) as exc:
         _pull_failed(store, run_id, a, str(exc))
         return
-    except Exception as exc:  # a bug or a database error: this provider fails, the others go on
+    except Exception as exc:  # a bug, or a database error that is no outage: this provider fails, the others go on
+        if database_outage(exc) is not None:
+            raise  # the database itself is gone: no provider can go on; the caller reports it once
         log.exception("pull.crashed", provider=name)
         # Only the type reaches the tables: an unexpected message may quote anything, secrets included.
         _pull_failed(store, run_id, a, f"internal error while pulling ({type(exc).__name__}); the log has the details")
