@@ -1,8 +1,9 @@
 """Issue 10, "The database goes away": `syncd run` through a database outage, on SQLite and PostgreSQL.
 
-The database is taken away while a run is pushing to SendHub (requests sent,
-their outcomes not yet recorded) and stays away for several more runs, during
-which the canonical book and SendHub both change. The daemon must stay up,
+The database is taken away in the middle of a run, either while it pushes to
+SendHub (requests sent, their outcomes not yet recorded) or while it pulls
+SendHub into the mirror, and stays away for several more runs, during which
+the canonical book and SendHub both change. The daemon must stay up,
 log one error per failed run, say "database unreachable" in ``STATUS=``, keep
 sending ``WATCHDOG=1``, and, once the database is back, converge: every
 contact exactly once at each provider and linked once, nothing ``pending``,
@@ -57,7 +58,9 @@ from tests.daemon.test_run_process import scrape
 
 BOOK = 20  # contacts synced before the outage
 NEW = range(100, 140)  # contacts added just before it: the push the outage interrupts
-IN_FLIGHT_LATENCY = 0.5  # s per SendHub request while the outage hits: a batch of 10 takes ~2.5 s
+#: Seconds per SendHub request while the outage hits, so that it hits mid-phase: a push batch of 10
+#: (2 at a time) takes ~2.5 s; in a pull, the contacts page comes 2 s after the groups page.
+LATENCY = {"push": 0.5, "pull": 2.0}
 FAILED_RUNS = 3  # runs that fail on the database (the interrupted one included) before it comes back
 SQLITE_BUSY_TIMEOUT = 0.5  # s: syncd's wait for the lock before "database is locked"
 CHANGE_KEYS = ("created_in", "updated_in", "deleted_in", "created_out", "updated_out", "deleted_out",
@@ -106,6 +109,22 @@ def watchdogs_since(notify: NotifyListener, since: float) -> int:
     return sum(1 for at, message in list(notify.messages) if at > since and "WATCHDOG=1" in message.splitlines())
 
 
+def interrupt(phase: str, outage: Outage, sendhub: SimulatorServer) -> None:
+    """Give the next run work in both directions, and take the database away mid-``phase``."""
+    sendhub.faults.latency = LATENCY[phase]
+    groups_pages = sendhub.request_counts().get("GET /v1/groups", 0)
+    state = sendhub.state
+    state.edit_contact(state.find(phone(4)).id, name="Before Outage")  # for the pull: a mirror row to write
+    outage.sql("INSERT INTO contacts (phone, name, surname) VALUES (:p, :n, 'New')",
+               [{"p": phone(i), "n": f"New {i}"} for i in NEW])
+    if phase == "push":
+        wait_until(lambda: pending(outage, "sendhub"), 30, "SendHub creates in flight")
+    else:  # the groups page is counted once answered: the contacts page, and its mirror write, are to come
+        wait_until(lambda: sendhub.request_counts().get("GET /v1/groups", 0) > groups_pages, 30, "a pull under way")
+    outage.down()
+    sendhub.faults.latency = 0.0
+
+
 def change_both_sides(outage: Outage, sendhub: SimulatorServer) -> None:
     """What happens elsewhere while syncd cannot reach its database: SQL on the book, edits at SendHub."""
     outage.sql("INSERT INTO contacts (phone, name, surname) VALUES (:p, 'Added', 'Inbook')", {"p": phone(900)})
@@ -117,9 +136,10 @@ def change_both_sides(outage: Outage, sendhub: SimulatorServer) -> None:
     state.delete_contact(state.find(phone(3)).id)
 
 
+@pytest.mark.parametrize("phase", ["push", "pull"])
 def test_the_daemon_survives_a_database_outage_and_converges_after_it(
-        outage: Outage, tmp_path: Path, smsend: SimulatorServer, sendhub: SimulatorServer, notify: NotifyListener,
-        start_daemon: Any) -> None:
+        phase: str, outage: Outage, tmp_path: Path, smsend: SimulatorServer, sendhub: SimulatorServer,
+        notify: NotifyListener, start_daemon: Any) -> None:
     seed_contacts(outage.url, BOOK)
     config = write_config(tmp_path / "config.toml", outage.url,
                           [provider_toml(smsend), provider_toml(sendhub, batch_size=10, max_concurrency=2)],
@@ -128,16 +148,15 @@ def test_the_daemon_survives_a_database_outage_and_converges_after_it(
     [listening] = daemon.wait_for("metrics.listening")
     daemon.wait_for("run.finished", timeout=30, where=quiet)
 
-    # The outage hits a run mid-push: SendHub creates sent, their outcome not yet recorded.
-    sendhub.faults.latency = IN_FLIGHT_LATENCY
-    outage.sql("INSERT INTO contacts (phone, name, surname) VALUES (:p, :n, 'New')",
-               [{"p": phone(i), "n": f"New {i}"} for i in NEW])
-    wait_until(lambda: pending(outage, "sendhub"), 30, "SendHub creates in flight")
-    outage.down()
+    interrupt(phase, outage, sendhub)
     went_down = time.monotonic()
-    sendhub.faults.latency = 0.0
     daemon.wait_for("database.unavailable", timeout=30)
-    assert pending(outage, "sendhub"), "the outage should have left the interrupted push's operations pending"
+    if phase == "push":
+        assert pending(outage, "sendhub"), "the outage should have left the interrupted push's operations pending"
+    else:
+        assert not pending(outage, "sendhub"), "the outage should have hit before the push"
+        [(name,)] = outage.sql("SELECT name FROM contacts WHERE phone = :p", {"p": phone(4)})
+        assert name == "Person 4", "the outage should have hit before the SendHub edit reached the book"
 
     change_both_sides(outage, sendhub)
     daemon.wait_for("database.unavailable", count=FAILED_RUNS, timeout=30)
@@ -192,7 +211,7 @@ def assert_converged(outage: Outage, smsend: SimulatorServer, sendhub: Simulator
     book = {p: (name, surname) for p, name, surname in outage.sql("SELECT phone, name, surname FROM contacts")}
     assert set(book) == numbers and len(book) == len(numbers)
     assert book[phone(0)][0] == "Renamed" and book[phone(2)] == ("Edited", "Atsendhub")
-    assert book[phone(901)] == ("Added", "Atsendhub")
+    assert book[phone(901)] == ("Added", "Atsendhub") and book[phone(4)] == ("Before", "Outage")
 
     assert sendhub_numbers(sendhub) == Counter(numbers), "each contact exactly once at SendHub"
     at_smsend = Counter(c["phoneNumber"] for c in smsend.state.snapshot()["contacts"])
@@ -201,6 +220,7 @@ def assert_converged(outage: Outage, smsend: SimulatorServer, sendhub: Simulator
     assert names[phone(0)] == "Renamed Test" and names[phone(900)] == "Added Inbook"
     smsend_names = {c["phoneNumber"]: c["name"] for c in smsend.state.snapshot()["contacts"]}
     assert smsend_names[phone(0)] == "Renamed" and smsend_names[phone(2)] == "Edited"
+    assert smsend_names[phone(4)] == "Before"
 
     ids = {cid for cid, in outage.sql("SELECT id FROM contacts")}
     for provider in ("sendhub", "smsend"):
