@@ -18,6 +18,13 @@
   the schema current; ``STATUS=`` with the last result per account;
   ``WATCHDOG=1`` from a scheduler job of its own (so it stops if the
   scheduler stops, but never because a provider is down); ``STOPPING=1``.
+* A database outage (PostgreSQL stopped or unreachable, a SQLite file
+  locked or unwritable) fails the run, never the daemon: one
+  ``database.unavailable`` error per failed run (the first of an outage with
+  its traceback), ``STATUS=database unreachable since …``, and the watchdog
+  goes on (it does not depend on the database). The first run that reaches the
+  database again logs ``database.recovered``, closes the ``sync_runs`` row the
+  outage left ``running`` and, like any run, settles what was left ``pending``.
 * Optional Prometheus endpoint (:mod:`syncd.metrics`), and change-log
   retention: rows older than ``sync.log_retention_days`` are pruned at the
   first run and then at most once a day (open ``manual`` conflicts are kept).
@@ -36,6 +43,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +58,7 @@ from syncd.config import Config, format_config_error, load_config
 from syncd.db.engine import make_engine
 from syncd.db.migrate import check_schema
 from syncd.db.models import ChangeLogRow, SyncRunRow
+from syncd.dberrors import database_outage, describe_database_error, safe_database_url
 from syncd.errors import ConfigError, SchemaError
 from syncd.leases import Busy, LeaseManager, lease_ttl
 from syncd.logs import configure_logging
@@ -60,7 +69,7 @@ from syncd.sync.run import RunReport, owner_id, run_once
 if TYPE_CHECKING:
     from syncd.cli import AppContext
 
-__all__ = ["Daemon", "open_engine", "prune_change_log", "serve", "serve_cli"]
+__all__ = ["Daemon", "Outage", "fail_running_runs", "open_engine", "prune_change_log", "serve", "serve_cli"]
 
 log = structlog.get_logger("syncd.daemon")
 
@@ -78,6 +87,21 @@ RETENTION_EVERY = timedelta(days=1)
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Outage:
+    """The database outage the daemon is in: since when, how many runs it failed, the latest error."""
+
+    since: datetime
+    failed_runs: int
+    error: str
+
+    def status(self, interval: float) -> str:
+        """The ``STATUS=`` text: what systemctl status shows while the outage lasts."""
+        runs = f"{self.failed_runs} run{'s' * (self.failed_runs != 1)} failed"
+        return (f"database unreachable since {self.since:%H:%M:%S} UTC ({runs}, retrying every {interval:g} s): "
+                f"{self.error}")
 
 
 class Daemon:
@@ -110,12 +134,15 @@ class Daemon:
         self._last_prune: datetime | None = None
         self._provider_status: dict[str, str] = {}
         self._scheduler: BackgroundScheduler | None = None
+        self.outage: Outage | None = None
+        self._unfinished_run = False  # a failed run may have left its sync_runs row `running`
 
     # -- lifecycle ------------------------------------------------------------------
 
     def serve(self, *, handle_signals: bool = True) -> int:
         """Run until the stop flag is set (SIGTERM/SIGINT when ``handle_signals``); return the exit code 0."""
         check_schema(self.engine, allow_create_sqlite=True)
+        self.metrics.database_up.set(1)
         self._start_metrics(self.config)
         self._seed_last_success()
         previous = self._install_signals() if handle_signals else {}
@@ -218,7 +245,8 @@ class Daemon:
             with self._lock:
                 config, engine, leases = self.config, self.engine, self.leases
             self._run(config, engine, leases)
-            self._prune_if_due(config, engine)
+            if self.outage is None:  # pruning would only fail again, and postpone itself by a day
+                self._prune_if_due(config, engine)
         finally:
             self._idle.set()
 
@@ -226,6 +254,7 @@ class Daemon:
         started = time.monotonic()
         names = [p.name for p in config.providers if p.enabled]
         try:
+            self._close_unfinished_run(engine)
             with leases.hold(names) as held:
                 for busy in held.busy:
                     log.info("lease.busy", provider=busy.provider, holder=busy.owner,
@@ -238,12 +267,22 @@ class Daemon:
         except asyncio.CancelledError:
             self._mark_cancelled(engine)
             return
-        except Exception as exc:  # a crashed run must not end the daemon: log, count, try again next tick
-            log.exception("run.crashed", error=str(exc))
-            self.metrics.runs.labels("error").inc()
-            self.notifier.status(f"last run crashed: {type(exc).__name__} (details in the journal)")
+        except Exception as exc:  # neither a crashed run nor a lost database may end the daemon: retry next tick
+            self._unfinished_run = True
+            self._run_failed(exc, config)
             return
+        self._database_back()
         self._after_run(report, held.busy, time.monotonic() - started, engine)
+
+    def _run_failed(self, exc: Exception, config: Config) -> None:
+        """Report a run that raised: a database outage as one line, anything else as a crash with its traceback."""
+        outage = database_outage(exc)
+        if outage is not None:
+            self._database_unavailable(exc, outage, config)
+            return
+        log.exception("run.crashed", error=str(exc))
+        self.metrics.runs.labels("error").inc()
+        self.notifier.status(f"last run crashed: {type(exc).__name__} (details in the journal)")
 
     def _run_async(self, coro: Coroutine[Any, Any, RunReport]) -> RunReport:
         async def main() -> RunReport:
@@ -266,12 +305,54 @@ class Daemon:
     def _mark_cancelled(self, engine: Engine) -> None:
         log.warning("run.cancelled", reason="stopped before the run finished; the next run resumes its work")
         try:
-            with engine.begin() as conn:
-                conn.execute(update(SyncRunRow).where(SyncRunRow.owner == owner_id(), SyncRunRow.status == "running")
-                             .values(status="failed", finished_at=utcnow(),
-                                     error="stopped before the run finished; the next run resumes its work"))
+            fail_running_runs(engine, "stopped before the run finished; the next run resumes its work")
         except SQLAlchemyError as exc:
             log.warning("run.cancel_record_failed", error=str(exc).splitlines()[0])
+
+    # -- database outages -------------------------------------------------------------
+
+    def _database_unavailable(self, exc: Exception, outage: SQLAlchemyError, config: Config) -> None:
+        """One error line for a run the database failed, the outage's STATUS=, and the metrics."""
+        previous = self.outage
+        self.outage = Outage(since=previous.since if previous else utcnow(),
+                             failed_runs=(previous.failed_runs if previous else 0) + 1,
+                             error=describe_database_error(outage, config.database.url))
+        # Only the first failure of an outage carries the traceback: it shows where the run was when
+        # the database went; every later one would repeat "cannot connect" at the first access.
+        log.error("database.unavailable", error=self.outage.error, database=safe_database_url(config.database.url),
+                  since=self.outage.since.isoformat(), failed_runs=self.outage.failed_runs,
+                  message="the database cannot be used: this run stopped at its first failed access; the next "
+                          "run retries and settles whatever this one left pending",
+                  exc_info=exc if previous is None else None)
+        self.metrics.runs.labels("db_unavailable").inc()
+        self.metrics.database_up.set(0)
+        self.notifier.status(self.outage.status(config.schedule.interval_seconds))
+
+    def _database_back(self) -> None:
+        """A run reached the database: end the outage, if there was one."""
+        self.metrics.database_up.set(1)
+        if self.outage is None:
+            return
+        outage, self.outage = self.outage, None
+        log.info("database.recovered", failed_runs=outage.failed_runs,
+                 down_seconds=round((utcnow() - outage.since).total_seconds(), 1))
+
+    def _close_unfinished_run(self, engine: Engine) -> None:
+        """After a failed run: close this process's sync_runs rows still marked ``running``.
+
+        A run that died with the database could not record its end, and its row
+        would say ``running`` for ever (runs only close the rows of dead
+        processes). Runs never overlap in one daemon, so before a run starts any
+        ``running`` row of this process is such a leftover. A database error
+        here is this tick's outage, like any other.
+        """
+        if not self._unfinished_run:
+            return
+        closed = fail_running_runs(engine, "interrupted: the run failed before it could record its end "
+                                           "(see the log); the next run resumed its work")
+        self._unfinished_run = False
+        if closed:
+            log.info("run.closed_unfinished", runs=closed)
 
     # -- after a run ------------------------------------------------------------------
 
@@ -289,11 +370,18 @@ class Daemon:
             ok = p.status == "ok" and not p.counts.get("failed")
             outcomes.append(ProviderOutcome(p.name, "ok" if ok else "failed", p.requests, p.retries))
             self._provider_status[p.name] = _provider_text(p)
-        self.metrics.observe_run(report.status, duration, outcomes, operation_counts(engine, report.run_id),
+        self.metrics.observe_run(report.status, duration, outcomes, self._operation_counts(engine, report.run_id),
                                  utcnow())
         log.info("run.finished", run_id=report.run_id, status=report.status, duration=round(duration, 3),
                  stopped_early=self.stop.is_set(), providers={p.name: p.summary() for p in report.providers})
         self.notifier.status(self._status_line(report))
+
+    def _operation_counts(self, engine: Engine, run_id: int) -> list[tuple[str, str, str, str, int]]:
+        try:
+            return operation_counts(engine, run_id)
+        except SQLAlchemyError as exc:  # the database went just after the run, which is recorded: only metrics lose
+            log.warning("metrics.operations_failed", run_id=run_id, error=describe_database_error(exc))
+            return []
 
     def _status_line(self, report: RunReport | None) -> str:
         head = (f"last run #{report.run_id} {report.status}" if report is not None else "last run skipped")
@@ -397,6 +485,14 @@ def open_engine(config: Config) -> Engine:
         engine.dispose()
         raise
     return engine
+
+
+def fail_running_runs(engine: Engine, error: str) -> int:
+    """Mark this process's ``running`` sync_runs rows failed with ``error``; how many there were."""
+    with engine.begin() as conn:
+        result = conn.execute(update(SyncRunRow).where(SyncRunRow.owner == owner_id(), SyncRunRow.status == "running")
+                              .values(status="failed", finished_at=utcnow(), error=error))
+    return result.rowcount or 0
 
 
 def prune_change_log(engine: Engine, days: int, *, now: datetime | None = None, batch: int = 5000) -> int:

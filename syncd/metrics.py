@@ -5,7 +5,11 @@ Exposed on ``http://LISTEN/metrics`` (any path answers) in the Prometheus text f
 =============================================  ====================================================
 ``syncd_runs_total{status}``                   runs by outcome: ``ok``, ``partial``, ``failed``;
                                                ``skipped`` when every account was leased by another
-                                               replica; ``error`` when the run itself crashed
+                                               replica; ``error`` when the run itself crashed;
+                                               ``db_unavailable`` when the database could not be used
+``syncd_database_up``                          1 when the last run could use the database (and at
+                                               start, once the schema was checked), 0 when the last
+                                               run failed because it could not
 ``syncd_run_duration_seconds``                 histogram of run durations (leases included)
 ``syncd_provider_runs_total{provider,status}`` per account and run: ``ok``, ``failed``, ``busy``
                                                (leased by another replica)
@@ -67,6 +71,9 @@ class Metrics:
                                 ["provider"], registry=r)
         self.retries = Counter("syncd_provider_retries", "HTTP requests retried after a transient failure.",
                                ["provider"], registry=r)
+        self.database_up = Gauge("syncd_database_up",
+                                 "1 when the last run could use the database, 0 when it failed for want of it.",
+                                 registry=r)
         self.last_success = Gauge("syncd_last_success_timestamp_seconds",
                                   "When a provider account last synced without a failure (Unix time).",
                                   ["provider"], registry=r)

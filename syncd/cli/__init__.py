@@ -89,9 +89,16 @@ def catch_errors(func: F) -> F:
             sys.exit(1)
         except (click.ClickException, click.Abort):
             raise
-        except Exception as err:  # a bug: one redacted line here, the traceback in the (redacted) log
+        except Exception as err:
             import structlog
 
+            from syncd.dberrors import database_outage, describe_database_error
+
+            outage = database_outage(err)
+            if outage is not None:  # not a bug: the database is down, locked or unreachable
+                click.echo(f"error: the database cannot be used: {describe_database_error(outage)}", err=True)
+                sys.exit(1)
+            # A bug: one redacted line here, the traceback in the (redacted) log.
             structlog.get_logger("syncd.cli").exception("cli.crashed")
             click.echo(f"error: internal error ({type(err).__name__}); the log above has the details", err=True)
             sys.exit(1)

@@ -53,7 +53,8 @@ def is_sqlite(engine_or_url: Engine | Connection | str | URL) -> bool:
 def make_engine(url: str | URL, **kw: Any) -> Engine:
     """An engine for ``url``, configured for syncd; ``kw`` goes to ``create_engine``.
 
-    A SQLite file's parent directory is created if missing.
+    A SQLite file's parent directory is created if missing; its busy timeout is
+    ``?timeout=SECONDS`` from the URL, else :data:`SQLITE_BUSY_TIMEOUT_MS`.
     """
     parsed = normalise_url(url)
     kw.setdefault("pool_pre_ping", True)
@@ -63,10 +64,13 @@ def make_engine(url: str | URL, **kw: Any) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         return create_engine(parsed, **kw)
     _ensure_sqlite_directory(parsed)
-    connect_args = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    given = parsed.query.get("timeout")  # pysqlite's own URL parameter: honoured, not overridden
+    connect_args = {"check_same_thread": False,
+                    "timeout": float(given) if isinstance(given, str) else SQLITE_BUSY_TIMEOUT_MS / 1000}
     kw["connect_args"] = {**connect_args, **kw.get("connect_args", {})}
     engine = create_engine(parsed, **kw)
-    _install_sqlite_hooks(engine, in_memory=_sqlite_file(parsed) is None)
+    busy_ms = round(float(kw["connect_args"]["timeout"]) * 1000)
+    _install_sqlite_hooks(engine, in_memory=_sqlite_file(parsed) is None, busy_timeout_ms=busy_ms)
     return engine
 
 
@@ -108,7 +112,7 @@ def _enable_wal(cursor: Any, attempts: int = 50) -> None:
             time.sleep(0.02 * (attempt + 1))
 
 
-def _install_sqlite_hooks(engine: Engine, *, in_memory: bool) -> None:
+def _install_sqlite_hooks(engine: Engine, *, in_memory: bool, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Hand transaction control to SQLAlchemy (see the "begin" hook).
@@ -116,7 +120,7 @@ def _install_sqlite_hooks(engine: Engine, *, in_memory: bool) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute("PRAGMA foreign_keys = ON")
-            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
             if not in_memory:
                 # Readers never block the writer, nor the writer readers.
                 _enable_wal(cursor)

@@ -34,6 +34,7 @@ from syncd.config import Config, ProviderSettings
 from syncd.db.canonical import KEEPER
 from syncd.db.journal import FLOOR, Position
 from syncd.db.repo import Book, LogEntry, Store, utcnow
+from syncd.dberrors import database_outage
 from syncd.errors import LeaseLost, ProviderError, Unsupported
 from syncd.model import Contact, RemoteGroup, fingerprint
 from syncd.providers import build_provider
@@ -288,8 +289,8 @@ class Run:
             why = ("stopped before the run finished" if isinstance(exc, asyncio.CancelledError)
                    else f"the run died ({type(exc).__name__}; the log has the details)")
             self.store.finish_run(self.run_id, "failed", {}, error=f"{why}; the next run resumes its work")
-        except Exception:
-            log.exception("run.finish_failed", run_id=self.run_id)
+        except Exception as failed:  # the caller reports the run's error (mostly this same outage): no second traceback
+            log.warning("run.finish_failed", run_id=self.run_id, error=(str(failed).splitlines() or [repr(failed)])[0])
 
     def _still_leased(self, a: _Account) -> bool:
         """Check the account's lease before writing inbound changes; a lost one fails the account."""
@@ -327,7 +328,9 @@ class Run:
         except (ProviderError, Unsupported) as exc:
             self._pull_failed(a, str(exc))
             return
-        except Exception as exc:  # a bug or a database error: this provider fails, the others go on
+        except Exception as exc:  # a bug, or a database error that is no outage: this provider fails, the others go on
+            if database_outage(exc) is not None:
+                raise  # the database itself is gone: no provider can go on; the caller reports it once
             log.exception("pull.crashed", provider=name)
             # Only the type reaches the tables: an unexpected message may quote anything, secrets included.
             self._pull_failed(a, f"internal error while pulling ({type(exc).__name__}); the log has the details")
