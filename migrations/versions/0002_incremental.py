@@ -46,6 +46,7 @@ def upgrade() -> None:
         sa.Column("canonical_id", sa.Integer(), nullable=True),
         sa.Column("remote_id", sa.Text(), nullable=True),
         sa.Column("txid", sa.BigInteger(), nullable=True),
+        sa.Column("writer", sa.Integer(), nullable=True),
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_record_changes")),
         sqlite_autoincrement=True,
     )
@@ -56,6 +57,7 @@ def upgrade() -> None:
         sa.Column("position", sa.BigInteger(), nullable=False),
         sa.Column("settings", sa.String(length=64), nullable=False),
         sa.Column("full_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("run_id", sa.Integer(), nullable=True),
         sa.PrimaryKeyConstraint("provider", name=op.f("pk_sync_positions")),
     )
     for table in ("remote_groups", "remote_contacts"):

@@ -137,25 +137,27 @@ def db_upgrade(app: AppContext) -> None:
 @click.option("--provider", "providers", multiple=True, metavar="NAME", help="Only this provider (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Pull and plan, change nothing (same as `syncd plan`).")
 @click.option("--allow-mass-delete", is_flag=True, help="Let deletions beyond sync.max_delete_fraction through, once.")
+@click.option("--full", is_flag=True, help="Reconcile every record, not only what changed (the safety net).")
 @pass_app
 @catch_errors
-def sync(app: AppContext, providers: tuple[str, ...], dry_run: bool, allow_mass_delete: bool) -> None:
-    """One full run now, printing a summary per provider."""
+def sync(app: AppContext, providers: tuple[str, ...], dry_run: bool, allow_mass_delete: bool, full: bool) -> None:
+    """One run now, printing a summary per provider."""
     from syncd.cli.commands import run_sync
 
-    sys.exit(run_sync(app, providers, dry_run=dry_run, allow_mass_delete=allow_mass_delete))
+    sys.exit(run_sync(app, providers, dry_run=dry_run, allow_mass_delete=allow_mass_delete, full=full))
 
 
 @cli.command()
 @click.option("--provider", "providers", multiple=True, metavar="NAME", help="Only this provider (repeatable).")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 when nothing to do, 3 when changes are pending, 1 on error.")
+@click.option("--full", is_flag=True, help="Plan over every record, not only what changed.")
 @pass_app
 @catch_errors
-def plan(app: AppContext, providers: tuple[str, ...], detailed_exitcode: bool) -> None:
+def plan(app: AppContext, providers: tuple[str, ...], detailed_exitcode: bool, full: bool) -> None:
     """Pull and print the plan (what would change, where and why) without changing anything."""
     from syncd.cli.commands import run_plan
 
-    sys.exit(run_plan(app, providers, detailed_exitcode=detailed_exitcode))
+    sys.exit(run_plan(app, providers, detailed_exitcode=detailed_exitcode, full=full))
 
 
 @cli.command()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from typing import TYPE_CHECKING
 
 import click
@@ -27,18 +26,11 @@ def _check_names(app: AppContext, names: tuple[str, ...]) -> None:
         raise click.UsageError(f"unknown provider {', '.join(unknown)} (configured: {', '.join(sorted(known))})")
 
 
-def _progress(message: str) -> None:
-    """Progress of long pulls, on one rewritten line, only when a person watches stderr."""
-    click.echo(f"\r{message}\033[K", err=True, nl=False)
-
-
-def _progress_if_terminal():
-    return _progress if sys.stderr.isatty() else None
-
-
-def run_sync(app: AppContext, providers: tuple[str, ...], *, dry_run: bool, allow_mass_delete: bool) -> int:
+def run_sync(app: AppContext, providers: tuple[str, ...], *, dry_run: bool, allow_mass_delete: bool,
+             full: bool = False) -> int:
     if dry_run:
-        return run_plan(app, providers, detailed_exitcode=False)
+        return run_plan(app, providers, detailed_exitcode=False, full=full)
+    from syncd.cli.progress import terminal_progress
     from syncd.leases import LeaseManager, lease_ttl
     from syncd.sync.run import run_once
 
@@ -52,17 +44,18 @@ def run_sync(app: AppContext, providers: tuple[str, ...], *, dry_run: bool, allo
         if names and not held.claimed:
             return 1
         report = asyncio.run(run_once(config, engine, only=held.claimed, allow_mass_delete=allow_mass_delete,
-                                      progress=_progress_if_terminal(), fence_for=held.fence_for))
+                                      full=full, progress=terminal_progress(), fence_for=held.fence_for))
     print_summary(report)
     return 1 if report.failed or held.busy else 0
 
 
-def run_plan(app: AppContext, providers: tuple[str, ...], *, detailed_exitcode: bool) -> int:
+def run_plan(app: AppContext, providers: tuple[str, ...], *, detailed_exitcode: bool, full: bool = False) -> int:
+    from syncd.cli.progress import terminal_progress
     from syncd.sync.run import run_once
 
     _check_names(app, providers)
-    report = asyncio.run(run_once(app.config, app.engine(), only=providers, dry_run=True,
-                                    progress=_progress_if_terminal()))
+    report = asyncio.run(run_once(app.config, app.engine(), only=providers, dry_run=True, full=full,
+                                  progress=terminal_progress()))
     print_plan(report)
     if report.failed:
         return 1

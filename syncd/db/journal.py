@@ -16,8 +16,8 @@ from sqlalchemy import Connection, ColumnElement, delete, func, insert, literal_
 
 from syncd.db.models import RecordChangeRow, SyncPositionRow
 
-__all__ = ["FLOOR", "Changes", "Position", "changes_since", "current_position", "positions", "prune", "record",
-           "save_position"]
+__all__ = ["FLOOR", "Changes", "Position", "changes_since", "current_position", "own", "positions", "prune",
+           "record", "save_position", "transaction_start"]
 
 #: The ``sync_positions`` row holding the journal's pruned start.
 FLOOR = "*"
@@ -36,11 +36,12 @@ class Changes:
 
 @dataclass(frozen=True, slots=True)
 class Position:
-    """One account's place in the journal."""
+    """One account's place in the journal, and the run that moved it there (whose own rows it skips)."""
 
     position: int
     settings: str
     full_at: datetime | None
+    run_id: int | None = None
 
 
 def _postgresql(conn: Connection) -> bool:
@@ -62,11 +63,14 @@ def _past(conn: Connection, position: int) -> ColumnElement[bool]:
     return RecordChangeRow.seq > position
 
 
-def changes_since(conn: Connection, provider: str, position: int) -> Changes:
-    """The canonical changes and the records marked for ``provider`` past ``position``."""
+def changes_since(conn: Connection, provider: str, since: Position) -> Changes:
+    """The canonical changes and the records marked for ``provider`` past ``since``, but for its run's own."""
     r = RecordChangeRow
-    rows = conn.execute(select(r.entity, r.canonical_id, r.remote_id).distinct()
-                        .where(_past(conn, position), or_(r.provider.is_(None), r.provider == provider)))
+    query = (select(r.entity, r.canonical_id, r.remote_id).distinct()
+             .where(_past(conn, since.position), or_(r.provider.is_(None), r.provider == provider)))
+    if since.run_id is not None:
+        query = query.where(or_(r.writer.is_(None), r.writer != since.run_id))
+    rows = conn.execute(query)
     changes = Changes()
     for entity, canonical_id, remote_id in rows:
         if entity == "group":
@@ -80,10 +84,15 @@ def changes_since(conn: Connection, provider: str, position: int) -> Changes:
 
 
 def record(conn: Connection, provider: str, entity: str, *, canonical_ids: Iterable[int] = (),
-           remote_ids: Iterable[str] = ()) -> None:
-    """Journal records of ``provider`` for its next run to look at (in the caller's transaction)."""
-    rows = [{"provider": provider, "entity": entity, "canonical_id": cid, "remote_id": None} for cid in canonical_ids]
-    rows += [{"provider": provider, "entity": entity, "canonical_id": None, "remote_id": rid} for rid in remote_ids]
+           remote_ids: Iterable[str] = (), writer: int | None = None) -> None:
+    """Journal records of ``provider`` for its next run to look at (in the caller's transaction).
+
+    ``writer``: the run these rows report the work of (see :func:`own`); None for work still to do.
+    """
+    rows = [{"provider": provider, "entity": entity, "canonical_id": cid, "remote_id": None, "writer": writer}
+            for cid in canonical_ids]
+    rows += [{"provider": provider, "entity": entity, "canonical_id": None, "remote_id": rid, "writer": writer}
+             for rid in remote_ids]
     if not rows:
         return
     statement = insert(RecordChangeRow)
@@ -92,18 +101,35 @@ def record(conn: Connection, provider: str, entity: str, *, canonical_ids: Itera
     conn.execute(statement, rows)
 
 
+def transaction_start(conn: Connection) -> int:
+    """Where the journal stands inside a transaction holding the write lock (SQLite: ``BEGIN IMMEDIATE``).
+
+    On SQLite no other writer can add rows until the transaction ends, so the
+    rows past this are its own; PostgreSQL needs no such mark (0).
+    """
+    return 0 if _postgresql(conn) else current_position(conn)
+
+
+def own(conn: Connection, run_id: int, start: int) -> None:
+    """Tag the journal rows this transaction wrote (triggers included) as ``run_id``'s own."""
+    r = RecordChangeRow
+    mine = r.txid == literal_column(_TXID) if _postgresql(conn) else r.seq > start
+    conn.execute(update(r).where(mine, r.writer.is_(None)).values(writer=run_id))
+
+
 def positions(conn: Connection) -> dict[str, Position]:
     """Every account's position, and the journal's pruned start under :data:`FLOOR`."""
     p = SyncPositionRow
-    return {provider: Position(position, settings, full_at)
-            for provider, position, settings, full_at in conn.execute(select(p.provider, p.position, p.settings,
-                                                                             p.full_at))}
+    rows = conn.execute(select(p.provider, p.position, p.settings, p.full_at, p.run_id))
+    return {provider: Position(position, settings, full_at, run_id)
+            for provider, position, settings, full_at, run_id in rows}
 
 
-def save_position(conn: Connection, provider: str, position: int, settings: str, full_at: datetime | None) -> None:
+def save_position(conn: Connection, provider: str, position: int, settings: str, full_at: datetime | None,
+                  run_id: int | None = None) -> None:
     """Move an account to ``position`` (``full_at`` None keeps the time of its last full run)."""
     p = SyncPositionRow
-    values: dict[str, object] = {"position": position, "settings": settings}
+    values: dict[str, object] = {"position": position, "settings": settings, "run_id": run_id}
     if full_at is not None:
         values["full_at"] = full_at
     if conn.execute(update(p).where(p.provider == provider).values(**values)).rowcount == 0:

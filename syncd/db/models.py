@@ -66,7 +66,12 @@ known to be in step and is not read, parsed or projected.
   read the journal. A run reads the rows past the account's position (the
   account's own rows and those of no account), reconciles those records, and
   on success moves the position to where the journal stood *when the run
-  started*, so whatever was written during the run is read again next time.
+  started*, so whatever others wrote during the run is read again next time.
+  The run's own writes are tagged with its id as they are made (``writer``,
+  in the writing transaction: SQLite's rows past the highest ``seq`` when the
+  transaction took the write lock, PostgreSQL's rows of its transaction id),
+  and an account that finished a run skips that run's rows: what a run did is
+  not work for the next one, and a run that did not finish hands all of it on.
   On SQLite writers are serialised, so the position is the highest ``seq``
   seen. On PostgreSQL transactions commit out of ``seq`` order, so each row
   carries its writer's transaction id and the position is the oldest
@@ -118,12 +123,14 @@ Private to the engine; readable, but not an interface.
     ``seq`` (key, never reused), ``provider`` (null: a change to the canonical
     book; else the account an engine-written row concerns), ``entity``
     (``contact``/``group``), ``canonical_id`` or ``remote_id``, ``txid``
-    (PostgreSQL: the writing transaction's id; null on SQLite).
+    (PostgreSQL: the writing transaction's id; null on SQLite), ``writer``
+    (the run whose own writes the row records; null for every other writer).
 ``sync_positions`` — each account's place in the journal
     ``provider`` (key), ``position`` (a ``seq`` on SQLite, a transaction id on
     PostgreSQL), ``settings`` (a fingerprint of the settings projections
     depend on: when it changes, the next run is a full one), ``full_at``
-    (the last full run). The row ``*`` holds the journal's pruned start.
+    (the last full run), ``run_id`` (the run that moved it there). The row
+    ``*`` holds the journal's pruned start.
 ``sync_leases`` — which replica syncs which account (design §7)
     ``provider`` (key: the account name), ``owner`` (``host:pid:uuid``),
     ``host``, ``pid``, ``acquired_at``, ``expires_at``, ``generation`` (the
@@ -457,6 +464,7 @@ class RecordChangeRow(Base):
     canonical_id: Mapped[int | None] = mapped_column(Integer)
     remote_id: Mapped[str | None] = mapped_column(Text)
     txid: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    writer: Mapped[int | None] = mapped_column(Integer)
 
 
 class SyncPositionRow(Base):
@@ -468,3 +476,4 @@ class SyncPositionRow(Base):
     position: Mapped[int] = mapped_column(BigInteger, nullable=False)
     settings: Mapped[str] = mapped_column(String(64), nullable=False)
     full_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    run_id: Mapped[int | None] = mapped_column(Integer)

@@ -10,7 +10,8 @@ code path and a plan leaves nothing behind.
 from __future__ import annotations
 
 import socket
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +21,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from syncd.db import journal
-from syncd.db.batch import chunks, rows_in
+from syncd.db.batch import chunks, insert_ids, rows_in
 from syncd.db.canonical import Book, Invalid, read_contacts, read_groups
 from syncd.db.models import (
     ChangeLogRow,
@@ -84,6 +85,7 @@ class Store:
         self.engine = engine
         self.dry_run = dry_run
         self._connection: Connection | None = None
+        self.run_id = 0  # the run this store serves, once started
         if dry_run:
             self._connection = engine.connect()
             self._connection.begin()
@@ -106,6 +108,20 @@ class Store:
             return Session(self._connection, expire_on_commit=False, join_transaction_mode="create_savepoint")
         return Session(self.engine, expire_on_commit=False)
 
+    @contextmanager
+    def writing(self) -> Iterator[Session]:
+        """A transaction that writes the canonical book: the journal rows it causes are tagged as this run's own.
+
+        On SQLite it takes the write lock at once (``BEGIN IMMEDIATE``), so the
+        journal rows past where it stood then are this transaction's.
+        """
+        with self.session() as s, s.begin():
+            conn = s.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+            start = journal.transaction_start(conn)
+            yield s
+            if self.run_id:
+                journal.own(conn, self.run_id, start)
+
     # -- runs ---------------------------------------------------------------
 
     def start_run(self, trigger: str, owner: str) -> int:
@@ -114,6 +130,7 @@ class Store:
             row = SyncRunRow(started_at=utcnow(), trigger=trigger, status="running", summary={}, owner=owner)
             s.add(row)
             s.flush()
+            self.run_id = row.id
             return row.id
 
     def _close_dead_runs(self, s: Session) -> None:
@@ -144,9 +161,9 @@ class Store:
         with self.session() as s:
             return journal.current_position(s.connection())
 
-    def journal_changes(self, provider: str, position: int) -> journal.Changes:
+    def journal_changes(self, provider: str, since: journal.Position) -> journal.Changes:
         with self.session() as s:
-            return journal.changes_since(s.connection(), provider, position)
+            return journal.changes_since(s.connection(), provider, since)
 
     def positions(self) -> dict[str, journal.Position]:
         with self.session() as s:
@@ -158,7 +175,7 @@ class Store:
         with self.session() as s, s.begin():
             conn = s.connection()
             journal.record(conn, provider, "contact", canonical_ids=sorted(marks), remote_ids=sorted(remote_marks))
-            journal.save_position(conn, provider, position, settings, utcnow() if full else None)
+            journal.save_position(conn, provider, position, settings, utcnow() if full else None, self.run_id)
 
     def mark(self, provider: str, *, canonical_ids: Collection[int] = (), remote_ids: Collection[str] = ()) -> None:
         """Journal contacts of ``provider`` for its next run to look at."""
@@ -178,17 +195,16 @@ class Store:
             return read_groups(s)
 
     def load_contacts(self, ids: Collection[int] | None, groups: Mapping[int, Group], default_region: str,
-                      *, check: Collection[int] | None = None) -> tuple[dict[int, Contact], list[Invalid]]:
+                      *, check: Callable[[int], bool] = lambda _cid: True) -> tuple[dict[int, Contact], list[Invalid]]:
         """Contacts ``ids`` (None: all) and the rows among them syncd cannot read (:mod:`syncd.db.canonical`).
 
-        Phones are validated for rows in ``check`` (None: every row) and for any
-        not written in E.164; phones written in another spelling are rewritten in E.164.
+        Phones are validated for rows ``check`` accepts (all, by default) and for
+        any not written in E.164; phones written in another spelling are rewritten in E.164.
         """
-        checked = (lambda _cid: True) if check is None else check.__contains__
         with self.session() as s:
-            contacts, invalid, fixes = read_contacts(s, ids, groups, default_region, check=checked)
+            contacts, invalid, fixes = read_contacts(s, ids, groups, default_region, check=check)
         if fixes:
-            with self.session() as s, s.begin():
+            with self.writing() as s:
                 s.execute(update(ContactRow), [{"id": cid, "phone": phone} for cid, phone in fixes.items()])
         return contacts, invalid
 
@@ -232,8 +248,7 @@ class Store:
             return []
         rows = [{"phone": c.phone, "name": c.name, "surname": c.surname, "email": c.email, "extra": dict(c.extra),
                  "opted_out": c.opted_out} for c in contacts]
-        statement = insert(ContactRow).returning(ContactRow.id, sort_by_parameter_order=True)
-        ids = [cid for chunk in chunks(rows) for cid in s.scalars(statement, chunk)]
+        ids = insert_ids(s, ContactRow.__table__, rows)
         self._insert_members(s, [(cid, c.groups) for cid, c in zip(ids, contacts, strict=True)])
         return ids
 
@@ -404,7 +419,7 @@ class Store:
                     s.execute(delete(table).where(table.provider == provider, table.remote_id.in_(ids)))
                     s.execute(insert(table), chunk)
             changed = [r["remote_id"] for r in crow]
-            journal.record(s.connection(), provider, "contact", remote_ids=changed)
+            journal.record(s.connection(), provider, "contact", remote_ids=changed, writer=self.run_id or None)
         return changed
 
     def prune_mirror(self, provider: str, *, contacts: bool, gone: Collection[str]) -> None:
@@ -416,7 +431,7 @@ class Store:
             for chunk in chunks(sorted(gone)):
                 s.execute(delete(table).where(table.provider == provider, table.remote_id.in_(chunk)))
             if contacts:
-                journal.record(s.connection(), provider, "contact", remote_ids=sorted(gone))
+                journal.record(s.connection(), provider, "contact", remote_ids=sorted(gone), writer=self.run_id or None)
 
     def drop_mirror(self, s: Session, provider: str, *, contacts: bool, remote_ids: Collection[str]) -> None:
         table = RemoteContactRow if contacts else RemoteGroupRow
@@ -453,8 +468,7 @@ class Store:
                  "remote_id": e.op.remote_id, "status": e.status, "before": _log_before(e.op), "after": e.op.after,
                  "error": e.error, "reason": e.op.reason, "attempts": e.attempts,
                  "next_attempt_at": e.next_attempt_at, "fingerprint": e.fingerprint} for e in entries]
-        statement = insert(ChangeLogRow).returning(ChangeLogRow.id, sort_by_parameter_order=True)
-        return [rid for chunk in chunks(rows) for rid in s.scalars(statement, chunk)]
+        return insert_ids(s, ChangeLogRow.__table__, rows)
 
     def settle(self, s: Session, ids: Sequence[int], status: str, *, error: str | None = None,
                remote_id: str | None = None, attempts: int | None = None, next_attempt_at: datetime | None = None,

@@ -8,7 +8,7 @@ others. Errors are :mod:`syncd.errors` ``ProviderError`` subclasses only.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -87,8 +87,15 @@ class Provider(Protocol):
     def groups(self) -> AsyncIterator[list[RemoteGroup]]:
         """Every group, one list per page fetched."""
 
-    def contacts(self) -> AsyncIterator[list[RemoteContact]]:
-        """Every contact, one list per page fetched (``Unsupported`` when not listable)."""
+    def contacts(self, known: MutableMapping[str, str] | None = None) -> AsyncIterator[list[RemoteContact]]:
+        """Every contact, one list per page fetched (``Unsupported`` when not listable).
+
+        ``known`` maps remote ids to the :attr:`RemoteContact.fingerprint` of the
+        records the caller already holds. When given, a contact sent exactly as
+        before is neither parsed nor yielded, each yielded contact carries its
+        fingerprint, and every listed id is taken out of ``known``: after a
+        complete listing it holds the contacts that are gone.
+        """
 
     async def find_contact(self, phone: str) -> RemoteContact | None:
         """The contact with this E.164 number, if the provider can look it up."""

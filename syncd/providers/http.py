@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus
 
 import httpx
+import orjson
 import structlog
 
 from syncd.errors import (
@@ -351,23 +352,6 @@ def _strip_query(exc: httpx.HTTPError) -> None:
         exc.args = tuple(redact_credentials(a.replace(full, bare)) if isinstance(a, str) else a for a in exc.args)
 
 
-#: A UTF-16 surrogate with no partner: escaped (``\ud800`` not followed by a low one, or a low
-#: one not preceded by a high one) or raw (``json.loads`` decodes bytes with "surrogatepass").
-_LONE_SURROGATE = re.compile(
-    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
-    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
-    rb"|\xed[\xa0-\xbf][\x80-\xbf]"
-)
-
-
-def _check_text(document: Any, content: bytes) -> None:
-    """ValueError if a string of ``document`` holds a lone surrogate: not text, and no database stores it."""
-    if _LONE_SURROGATE.search(content):  # cheap filter; an escaped backslash can fool it, the encode cannot
-        try:
-            json.dumps(document, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError as exc:
-            lone = exc.object[exc.start]
-            raise ValueError(f"a string holds a lone UTF-16 surrogate ({lone!r}), which is not text") from None
 
 
 def parse_json(response: httpx.Response, *, provider: str, operation: str, record: str = "") -> Any:
@@ -378,12 +362,13 @@ def parse_json(response: httpx.Response, *, provider: str, operation: str, recor
     thousand ``[`` are a few kilobytes).
     """
     try:
-        document = json.loads(response.content)
-        _check_text(document, response.content)
-        return document
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # orjson refuses what json.loads would let through and no database stores: invalid UTF-8 and
+        # lone surrogates, escaped or not; and it refuses nesting deeper than 1024.
+        return orjson.loads(response.content)
+    except (orjson.JSONDecodeError, ValueError, UnicodeDecodeError, RecursionError) as exc:
         start = excerpt(redact_credentials(response.text[:1000]), 80)
+        why = f"a string holds a lone UTF-16 surrogate, which is not text ({exc})" if "surrogate" in str(exc) else exc
         raise ProtocolError(
-            f"malformed JSON from {response.request.method} {response.request.url.path}: {exc}; body starts {start!r}",
+            f"malformed JSON from {response.request.method} {response.request.url.path}: {why}; body starts {start!r}",
             provider=provider, operation=operation, record=record, status=response.status_code,
         ) from exc

@@ -64,11 +64,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
+import orjson
 
 from syncd.config import ProviderSettings
 from syncd.errors import (
@@ -93,6 +95,7 @@ from syncd.model import (
     RemoteContact,
     RemoteGroup,
     WriteOutcome,
+    digest,
     group_key,
 )
 from syncd.phones import InvalidPhone, to_e164
@@ -229,6 +232,18 @@ def _kept(obj: Mapping[str, Any], wanted: Mapping[str, type]) -> dict[str, Any]:
         if isinstance(value, kind) and (kind is not str or value):
             kept[key] = value
     return kept
+
+
+def _unchanged_id(obj: Any, known: MutableMapping[str, str], digest_: str) -> str | None:
+    """The id of an object sent exactly as its ``known`` fingerprint says (taken out of ``known``), else None."""
+    value = obj.get("id") if isinstance(obj, dict) else None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    remote_id = str(value)
+    if known.get(remote_id) != digest_:
+        return None
+    del known[remote_id]
+    return remote_id
 
 
 def _consume_outcome(task: asyncio.Task[Any]) -> None:
@@ -542,12 +557,15 @@ class SendHubProvider:
         return meta, objects
 
     async def _pages(
-        self, path: str, operation: str, parse: Callable[..., Any], params: dict[str, Any] | None = None
+        self, path: str, operation: str, parse: Callable[..., Any], params: dict[str, Any] | None = None,
+        known: MutableMapping[str, str] | None = None,
     ) -> AsyncIterator[list[Any]]:
         """Parsed items of a listing, one list per page, each id once; ProtocolError if it changed meanwhile.
 
         The next page is requested as soon as this one says there is one, so the
         wait for it overlaps parsing and whatever the caller does with this page.
+        With ``known`` (see :meth:`contacts`), an object sent exactly as before is
+        neither parsed nor yielded.
         """
         query = {**(params or {}), "limit": PAGE_LIMIT}
         seen: set[int | str] = set()  # the one structure growing with the listing: ~70 bytes an id
@@ -561,7 +579,7 @@ class SendHubProvider:
                 offset += len(objects)
                 upcoming = self._fetch(path, operation, query, offset) if _has_more(meta, objects) else None
                 endpoint = _endpoint(response)
-                fresh = self._fresh(objects, parse, seen, endpoint, operation)
+                fresh = self._fresh(objects, parse, seen, endpoint, operation, known)
                 if meta.get("total_count") is not None:
                     totals.append(meta["total_count"])
                     self._check_totals(totals, len(seen), endpoint, operation, final=False)
@@ -579,22 +597,34 @@ class SendHubProvider:
         return task
 
     def _fresh(
-        self, objects: list[Any], parse: Callable[..., Any], seen: set[int | str], endpoint: str, operation: str
+        self, objects: list[Any], parse: Callable[..., Any], seen: set[int | str], endpoint: str, operation: str,
+        known: MutableMapping[str, str] | None = None,
     ) -> list[Any]:
         """The parsed objects whose ids this listing has not yielded yet, the ``deleted`` ones left out.
 
         A deleted record still counts as listed (``seen``), so that the
-        ``total_count`` check, which counts it too, holds.
+        ``total_count`` check, which counts it too, holds. With ``known``, each
+        object is fingerprinted as sent: one whose id ``known`` maps to that very
+        fingerprint passed every check before and is only counted as listed;
+        every listed id is taken out of ``known``.
         """
         fresh = []
         for obj in objects:
             if self._is_deleted(obj, endpoint, operation):
                 seen.add(_compact(self._id_of(obj, "record", endpoint, operation)))
                 continue
+            digest_ = digest(orjson.dumps(obj)) if known is not None else ""
+            unchanged = _unchanged_id(obj, known, digest_) if known is not None else None
+            if unchanged is not None:
+                seen.add(_compact(unchanged))
+                continue
             item = parse(obj, endpoint=endpoint, operation=operation)
             key = _compact(item.remote_id)
             if key not in seen:
                 seen.add(key)
+                if known is not None:
+                    known.pop(item.remote_id, None)
+                    item = replace(item, fingerprint=digest_)
                 fresh.append(item)
         return fresh
 
@@ -628,9 +658,9 @@ class SendHubProvider:
         """Every group, one list per page of up to 1000."""
         return self._pages("/groups/", "list groups", self.parse_group)
 
-    def contacts(self) -> AsyncIterator[list[RemoteContact]]:
-        """Every contact, one list per page of up to 1000."""
-        return self._pages("/contacts/", "list contacts", self.parse_contact)
+    def contacts(self, known: MutableMapping[str, str] | None = None) -> AsyncIterator[list[RemoteContact]]:
+        """Every contact, one list per page of up to 1000 (see :meth:`Provider.contacts` for ``known``)."""
+        return self._pages("/contacts/", "list contacts", self.parse_contact, known=known)
 
     async def find_contact(self, phone: str) -> RemoteContact | None:
         """The contact with this number (SendHub's exact ``number=`` filter), lowest id first."""

@@ -517,7 +517,7 @@ class SmsendProvider:
 
     # -- contacts: reads ----------------------------------------------------
 
-    def contacts(self) -> AsyncIterator[list[RemoteContact]]:
+    def contacts(self, known: MutableMapping[str, str] | None = None) -> AsyncIterator[list[RemoteContact]]:
         """Always Unsupported: smsend documents no way to list contacts."""
         raise Unsupported("smsend's API has no contact listing; its contacts are outbound only",
                           provider=self.name, operation="list contacts")

@@ -70,6 +70,8 @@ class Pusher:
     pushed: int = 0  # operations settled so far (progress)
     links: dict[str, dict[int, BaseRecord]] = field(default_factory=dict)
     mirror: dict[str, RemoteContact] = field(default_factory=dict)
+    _group_map: dict[int, str] | None = None  # see _to_remote
+    _linked_remote: frozenset[str] = frozenset()
 
     @property
     def name(self) -> str:
@@ -79,6 +81,7 @@ class Pusher:
         """Carry out ``ops``: group operations (``window`` None), or those of ``window``'s contacts."""
         self.links = {"group": self.group_links, "contact": window.links if window is not None else {}}
         self.mirror = window.mirror if window is not None else {}
+        self._group_map = None
         ordered = [op for op in push_order(ops) if self.waiting_reason(op) is None]
         self._log_skipped([op for op in ordered if op.held or op.skip_reason])
         todo = [op for op in ordered if not (op.held or op.skip_reason) and op.action is not Action.UNLINK]
@@ -173,6 +176,7 @@ class Pusher:
 
     def _record_group(self, s: Session, op: Operation, remote_id: str) -> None:
         links = self.links["group"]
+        self._group_map = None
         assert op.canonical_id is not None
         if op.action is Action.DELETE:
             links.pop(op.canonical_id, None)
@@ -206,18 +210,24 @@ class Pusher:
 
     def _write(self, op: Operation, fields: dict[str, Any] | None = None) -> ContactWrite:
         fields = dict(op.after if fields is None else fields)
-        to_remote = {gid: link.remote_id for gid, link in self.links["group"].items()}
+        to_remote = self._to_remote()
         groups = {to_remote[g] for g in fields.pop("groups", []) if g in to_remote}
         current = self.mirror.get(op.remote_id) if op.remote_id else None
         if current is not None:  # keep memberships syncd does not manage (unlinked remote groups)
-            linked_remote = set(to_remote.values())
-            groups |= {g for g in current.groups if g not in linked_remote}
+            groups |= {g for g in current.groups if g not in self._linked_remote}
         opted_out = bool(fields.pop("opted_out", False))
         return ContactWrite(ref=op.canonical_id or 0, phone=op.key, fields=fields, groups=frozenset(groups),
                             remote_id=op.remote_id, opted_out=opted_out,
                             kept=current.kept if current is not None else NOTHING_KEPT,
                             # a membership to take away: only a write that replaces the contact's groups can
                             replace_groups=current is not None and not current.groups <= groups)
+
+    def _to_remote(self) -> dict[int, str]:
+        """canonical group id -> remote group id, of the groups linked now (built once per change of them)."""
+        if self._group_map is None:
+            self._group_map = {gid: link.remote_id for gid, link in self.links["group"].items()}
+            self._linked_remote = frozenset(self._group_map.values())
+        return self._group_map
 
     async def _contacts_create(self, ops: list[Operation]) -> None:
         await self._batched(ops, self.provider.create_contacts)
@@ -334,7 +344,7 @@ class Pusher:
 
     async def _memberships(self, ops: list[Operation]) -> None:
         """Contacts whose groups alone changed: per-group add/remove calls (SendHub)."""
-        to_remote = {gid: link.remote_id for gid, link in self.links["group"].items()}
+        to_remote = self._to_remote()
         changes: dict[str, tuple[set[str], set[str]]] = {}
         member_ops: list[Operation] = []
         for op in ops:

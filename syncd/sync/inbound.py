@@ -59,6 +59,10 @@ class InboundApplier:
         self._links_due: list[tuple[str, int, str, dict[str, Any]]] = []  # written per chunk: see _write_links
         self._pending = _Pending()
         self._entries: list[LogEntry] = []
+        self._phones: dict[str, int] = {}  # phone -> canonical id, of the window's contacts as they are now
+        self._gone: set[int] = set()  # canonical contacts deleted by this applier
+        self._held: dict[str, int] = {}  # phone -> canonical id in the book, for the chunk's creates (one query)
+        self._looked_up: set[str] = set()  # the phones _held was asked for
 
     def apply(self, ops: Sequence[Operation], window: Window | None) -> None:
         """Apply ``ops`` (those of ``window``, or group operations when it is None)."""
@@ -69,11 +73,15 @@ class InboundApplier:
         if window is not None:
             self.links["contact"], self.contacts = window.links, window.contacts
             self.invalid = {cid for cid, _, _ in window.invalid}
+            self._phones = {contact.phone: cid for cid, contact in window.contacts.items()}
         # remote id -> canonical id, so a re-linked remote record drops its stale link (as the table does)
         self.by_remote = {entity: {link.remote_id: cid for cid, link in entity_links.items()}
                           for entity, entity_links in self.links.items()}
         for chunk in chunks(todo, CHUNK):
-            with self.store.session() as s, s.begin():
+            with self.store.writing() as s:
+                self._looked_up = {op.key for op in chunk if op.action is Action.CREATE
+                                   and op.entity is Entity.CONTACT and op.key.startswith("+")}
+                self._held = self.store.contacts_with_phones(self._looked_up)
                 for op in chunk:
                     self._entries.extend(self._apply_one(s, op))
                 self._flush(s)
@@ -132,18 +140,20 @@ class InboundApplier:
         return gid
 
     def _contact_with_phone(self, phone: str) -> int | None:
-        """The canonical contact holding ``phone``: created earlier in this chunk, or in the book."""
-        for op, contact in self._pending.creates:
-            if contact.phone == phone:
-                return -1 if op is None else None
-        for cid, (contact, _) in self._pending.updates.items():
-            if contact.phone == phone:
-                return cid
-        for cid, contact in self.contacts.items():
-            if contact.phone == phone and cid not in self._pending.deletes:
-                return cid
-        holder = self.store.contacts_with_phones([phone]).get(phone) if phone.startswith("+") else None
-        return None if holder in self._pending.deletes else holder
+        """The canonical contact holding ``phone``, or None.
+
+        The window's contacts as this run left them first, then the book (one
+        query per chunk for its creates); contacts deleted meanwhile hold nothing.
+        """
+        cid = self._phones.get(phone)
+        if cid is not None:
+            return cid
+        holder: int | None
+        if phone in self._looked_up:
+            holder = self._held.get(phone)
+        else:
+            holder = self.store.contacts_with_phones([phone]).get(phone) if phone.startswith("+") else None
+        return None if holder in self._pending.deletes or holder in self._gone else holder
 
     def _update(self, s: Session, op: Operation) -> list[LogEntry]:
         cid = op.canonical_id
@@ -187,6 +197,9 @@ class InboundApplier:
             problem = f"number {new.phone} is held by a canonical row syncd cannot read; nothing merged"
         if problem is not None:
             return self._number_conflict(op, problem)
+        if new.phone != current.phone:
+            self._phones.pop(current.phone, None)
+            self._phones[new.phone] = cid
         if new.phone == current.phone:
             groups_changed = new.groups != current.groups or self._pending.updates.get(cid, (current, False))[1]
             self._pending.updates[cid] = (new, groups_changed)
@@ -207,6 +220,8 @@ class InboundApplier:
         if not phone.startswith("+"):
             return f"number {phone!r} at {self.name} is not a valid number; the book keeps {current.phone}"
         holder = self._contact_with_phone(phone)
+        if holder is None and any(c.phone == phone for _, c in self._pending.creates):
+            holder = -1  # a contact this chunk is creating
         if holder is not None and holder != current.id:
             return (f"number changed at {self.name} to {phone}, which canonical contact {holder} already has; "
                     "nothing merged (change one of the numbers)")
@@ -250,7 +265,10 @@ class InboundApplier:
                                  error="opted out: kept in the canonical book so the opt-out is not lost")]
             self._pending.deletes.add(cid)
             self._pending.updates.pop(cid, None)
-            self.contacts.pop(cid, None)
+            gone = self.contacts.pop(cid, None)
+            if gone is not None:
+                self._phones.pop(gone.phone, None)
+            self._gone.add(cid)
             self.touched.setdefault(cid, {})
         self._unlink(s, op)
         self._count(op)
@@ -309,6 +327,7 @@ class InboundApplier:
                 self._entries.extend(self._refused(op))
                 continue
             self.contacts[cid] = replace(contact, id=cid)
+            self._phones[contact.phone] = cid
             self._entries.extend(self._created(s, op, cid))
 
     def _create_one(self, s: Session, contact: Contact) -> int | None:

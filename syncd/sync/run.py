@@ -250,7 +250,7 @@ class Run:
         a.ledger = store.retry_ledger(a.name)
         a.position = positions.get(a.name)
         a.report.full = self._needs_full_run(a, positions)
-        changes = store.journal_changes(a.name, a.position.position) if a.position is not None else None
+        changes = store.journal_changes(a.name, a.position) if a.position is not None else None
         invalid_ids = self.revisit
         if changes is None:
             a.check = None
@@ -316,11 +316,11 @@ class Run:
                 a.groups.update((g.remote_id, g) for g in page)
             if a.client.capabilities.list_contacts:
                 known = store.mirror_fingerprints(name, contacts=True)
-                async for contact_page in a.client.contacts():
-                    store.write_mirror(name, contacts=contact_page, known=known)
-                    for contact in contact_page:
-                        known.pop(contact.remote_id, None)
-                    contacts += len(contact_page)
+                mirrored, new = set(known), 0
+                async for contact_page in a.client.contacts(known=known):  # only new or changed ones come
+                    store.write_mirror(name, contacts=contact_page)
+                    new += sum(1 for c in contact_page if c.remote_id not in mirrored)
+                    contacts = len(mirrored) - len(known) + new  # listed so far
                     self.progress.update(f"{name}: pull", contacts)
                 gone = set(known)  # listed last time, not this time
             else:
@@ -353,7 +353,15 @@ class Run:
     # -- reconcile ---------------------------------------------------------------------------------
 
     def _scope(self, a: _Account) -> Scope:
-        return Scope(self.store, a.name, self.book.groups, self.config.sync.default_region, a.check)
+        return Scope(self.store, a.name, self.book.groups, self.config.sync.default_region, self._checker(a))
+
+    def _checker(self, a: _Account) -> Callable[[int], bool]:
+        """Which canonical rows get their phone validated: those changed since the account last read them
+        (every row, on its first run), but not those this run wrote (their numbers came validated)."""
+        touched, changed = self.touched, a.check
+        if changed is None:
+            return lambda cid: cid not in touched
+        return lambda cid: cid in changed and cid not in touched
 
     def _plan_groups(self, a: _Account) -> list[Operation]:
         c = a.client

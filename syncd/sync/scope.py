@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from syncd.db.canonical import Invalid
@@ -80,7 +80,7 @@ class Scope:
     provider: str
     groups: Mapping[int, Group]
     default_region: str
-    check: Collection[int] | None  # canonical rows whose phone is parsed again (None: every row)
+    check: Callable[[int], bool]  # canonical rows whose phone is parsed again
     window: int = WINDOW
 
     def parts(self, seeds: Seeds) -> list[Part]:
