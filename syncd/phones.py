@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import phonenumbers
 
 __all__ = ["InvalidPhone", "is_north_american", "to_e164"]
@@ -11,6 +13,7 @@ class InvalidPhone(ValueError):
     """A value that is not a valid phone number; the message says why."""
 
 
+@functools.lru_cache(maxsize=65_536)  # a number read again (by each account, or the next run) is not parsed again
 def to_e164(raw: object, default_region: str) -> str:
     """``raw`` in E.164 form, reading numbers without ``+country`` in ``default_region``.
 

@@ -56,6 +56,7 @@ class InboundApplier:
         self.invalid: set[int] = set()
         self.by_remote: dict[str, dict[str, int]] = {}
         self.done = 0  # operations applied so far (progress)
+        self.touched_remote: set[str] = set()  # remote contacts of this account an applied operation concerned
         self._links_due: list[tuple[str, int, str, dict[str, Any]]] = []  # written per chunk: see _write_links
         self._pending = _Pending()
         self._entries: list[LogEntry] = []
@@ -90,6 +91,11 @@ class InboundApplier:
             self.done += len(chunk)
 
     def _apply_one(self, s: Session, op: Operation) -> list[LogEntry]:
+        if op.entity is Entity.CONTACT:  # its record may be out of step in a new way (a link dropped, say)
+            if op.remote_id is not None:
+                self.touched_remote.add(op.remote_id)
+            if op.canonical_id is not None and op.canonical_id > 0:
+                self.touched.setdefault(op.canonical_id, {})
         handler = {
             Action.CREATE: self._create, Action.UPDATE: self._update, Action.DELETE: self._delete,
             Action.LINK: self._link, Action.CONFLICT: self._conflict, Action.UNLINK: self._unlink,

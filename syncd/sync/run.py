@@ -443,6 +443,7 @@ class Run:
             ops = self._guard(a, Entity.CONTACT, deferred.ops)
             a.report.planned(ops)
             applier.apply(ops, deferred.window)
+        a.seeds.add(remote=applier.touched_remote)  # the push reconciles them again, as they are now
         if a.settings.mode == "pull":
             a.finished = True
 
