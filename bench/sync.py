@@ -90,7 +90,7 @@ def make_config(db_url: str, sims: list[SimProcess]) -> Config:
 
 
 def _quiet_logs() -> None:
-    configure_logging("warning", "console")
+    configure_logging(os.environ.get("SYNCD_BENCH_LOG", "warning"), "console")
 
 
 # -- work done in a fresh process ------------------------------------------------------------------

@@ -12,7 +12,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Connection, ColumnElement, delete, func, insert, literal_column, or_, select, update
+from sqlalchemy import Connection, ColumnElement, delete, insert, literal_column, or_, select, text, update
 
 from syncd.db.models import RecordChangeRow, SyncPositionRow
 
@@ -49,11 +49,16 @@ def _postgresql(conn: Connection) -> bool:
 
 
 def current_position(conn: Connection) -> int:
-    """Where the journal stands now: the position a run that starts now moves its accounts to."""
+    """Where the journal stands now: the position a run that starts now moves its accounts to.
+
+    On SQLite the last ``seq`` ever handed out (``sqlite_sequence``), not the
+    highest left in the table: pruning may have emptied it.
+    """
     if _postgresql(conn):
         return int(conn.execute(select(literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")))
                    .scalar_one())
-    return int(conn.execute(select(func.coalesce(func.max(RecordChangeRow.seq), 0))).scalar_one())
+    last = conn.execute(text("SELECT seq FROM sqlite_sequence WHERE name = 'record_changes'")).scalar()
+    return int(last or 0)
 
 
 def _past(conn: Connection, position: int) -> ColumnElement[bool]:

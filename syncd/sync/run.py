@@ -258,6 +258,7 @@ class Run:
             a.check = changes.contacts | invalid_ids
         if a.report.full:
             a.seeds = Seeds(everything=True)
+            log.info("run.scope", provider=a.name, full=True)
             return
         assert changes is not None
         a.seeds = Seeds(set(changes.contacts) | invalid_ids, set(changes.remote_contacts))
@@ -265,6 +266,7 @@ class Run:
         for (entity, cid, rid), row in a.ledger.items():
             if entity == "contact" and row.due(now, RetryRules().cap):
                 a.seeds.add(contacts=[cid] if cid is not None else [], remote=[rid] if rid is not None else [])
+        log.info("run.scope", provider=a.name, full=False, canonical=len(a.seeds.contacts), remote=len(a.seeds.remote))
 
     def _needs_full_run(self, a: _Account, positions: Mapping[str, Position]) -> bool:
         p = a.position

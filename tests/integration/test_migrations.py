@@ -406,3 +406,43 @@ def test_sqlite_autocommit_connections_open_no_transaction(sqlite_url: str) -> N
             assert connection.connection.dbapi_connection.in_transaction
     finally:
         engine.dispose()
+
+
+# --- the change journal (issue 11) ---------------------------------------------------------------
+
+
+def _journal(engine: Engine) -> list[tuple[str, int]]:
+    with engine.connect() as connection:
+        return [tuple(r) for r in connection.execute(text(
+            "SELECT entity, canonical_id FROM record_changes ORDER BY seq"))]
+
+
+def test_plain_sql_edits_of_the_book_are_journalled(migrated_engine: Engine) -> None:
+    with migrated_engine.begin() as connection:
+        connection.execute(text("INSERT INTO contacts (phone, name) VALUES ('+16502530001', 'A'), ('+16502530002', 'B')"))
+        connection.execute(text("INSERT INTO groups (name) VALUES ('G')"))
+    ids = {phone: cid for cid, phone in _rows(migrated_engine, "SELECT id, phone FROM contacts")}
+    [(gid,)] = _rows(migrated_engine, "SELECT id FROM groups")
+    a, b = ids["+16502530001"], ids["+16502530002"]
+    with migrated_engine.begin() as connection:
+        connection.execute(text("DELETE FROM record_changes"))
+        connection.execute(text("UPDATE contacts SET name = 'A2' WHERE id = :a"), {"a": a})
+        connection.execute(text("INSERT INTO group_members (group_id, contact_id) VALUES (:g, :b)"), {"g": gid, "b": b})
+        connection.execute(text("DELETE FROM groups WHERE id = :g"), {"g": gid})  # cascades to the membership
+        connection.execute(text("DELETE FROM contacts WHERE id = :a"), {"a": a})
+    assert set(_journal(migrated_engine)) == {("contact", a), ("contact", b), ("group", gid)}
+
+
+def test_the_journal_position_survives_pruning(migrated_engine: Engine) -> None:
+    from syncd.db import journal
+
+    with migrated_engine.begin() as connection:
+        connection.execute(text("INSERT INTO contacts (phone) VALUES ('+16502530001')"))
+        before = journal.current_position(connection)
+        connection.execute(text("DELETE FROM record_changes"))
+        assert journal.current_position(connection) >= before  # never back to the start: nothing is read twice
+
+
+def _rows(engine: Engine, statement: str) -> list[tuple]:
+    with engine.connect() as connection:
+        return [tuple(r) for r in connection.execute(text(statement))]
