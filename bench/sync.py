@@ -16,17 +16,25 @@ RSS (``ru_maxrss``) is its own. Phases, in the order they run:
    simulator's state) and N/100 others renamed in ``contacts`` by SQL, then one run;
    then one more run, which must write nothing (converged).
 
+5. **bare download**: the same SendHub pages fetched with a plain httpx client and
+   parsed with orjson, nothing else: the floor a no-op run is compared with (ratio).
+6. **``syncd sync`` as a process**: a no-op run of the real command, interpreter start included.
+
 Figures per run: wall time, CPU time of the engine process, its peak RSS, the
-requests each simulator served (reads / writes) and the simulators' CPU time.
+requests each simulator served (reads / writes) and the simulators' CPU time; then
+the goals of issue 11, each met or not.
 
 Usage::
 
     python bench/sync.py [--contacts 100000] [--groups 200] [--postgres URL]
-                         [--profile DIR] [--no-pin]
+                         [--profile DIR] [--no-pin] [--scaling 10000,100000,300000]
 
 ``--postgres`` runs against that database instead of a temporary SQLite file; it
 is migrated and used as is, so give it an empty one. ``--profile DIR`` adds a
 cProfile-d no-op run and reconcile (written to DIR, top functions printed).
+``--scaling`` runs the first import, the no-op and the 1 % run at each size and
+prints them as a table (no-op CPU per contact must not rise with N; RSS at the
+largest under twice RSS at 100k).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import json
 import math
 import os
 import pstats
@@ -164,6 +173,52 @@ def _project_and_reconcile(book: Book, inputs: list[tuple[Any, ...]],
     return project_cpu, reconcile_cpu, ops
 
 
+def bare_download(settings: ProviderSettings, contacts: int) -> dict[str, Any]:
+    """The SendHub contact pages a pull reads, fetched by a plain client and parsed: nothing else."""
+    import httpx
+    import orjson
+
+    async def fetch() -> int:
+        auth = {"username": settings.username, "api_key": settings.api_key.get() if settings.api_key else ""}
+        parsed = 0
+        async with httpx.AsyncClient(base_url=settings.base_url, timeout=60) as client:
+            for offset in range(0, max(contacts, 1), 1000):
+                response = await client.get("/contacts/", params={**auth, "limit": 1000, "offset": offset})
+                parsed += len(orjson.loads(response.content)["objects"])
+        return parsed
+
+    return {"parsed": asyncio.run(fetch())}
+
+
+def sync_process(config_path: str) -> dict[str, Any]:
+    """``python -m syncd --config PATH sync``, a whole process; its exit code."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "syncd", "--config", config_path, "sync"],
+                          capture_output=True, text=True, check=False)
+    return {"exit": done.returncode, "tail": done.stdout[-300:] + done.stderr[-300:]}
+
+
+def write_config(config: Config, path: Path) -> str:
+    """``config`` as a config.toml (secrets as literals: a benchmark's simulators)."""
+    q = json.dumps
+    lines = ["[database]", f"url = {q(config.database.url)}", "", "[sync]",
+             f"default_region = {q(config.sync.default_region)}", "", "[logging]", 'level = "warning"', ""]
+    for p in config.providers:
+        lines += ["[[providers]]", f"name = {q(p.name)}", f"type = {q(p.type)}", f"base_url = {q(p.base_url)}",
+                  f"requests_per_second = {p.requests_per_second}", f"max_concurrency = {p.max_concurrency}",
+                  f"batch_size = {p.batch_size}", f"timeout_seconds = {p.timeout_seconds}"]
+        for key in ("username", "user_key"):
+            if getattr(p, key):
+                lines.append(f"{key} = {q(getattr(p, key))}")
+        for key in _SECRET_FIELDS:
+            if getattr(p, key) is not None:
+                lines.append(f"{key} = {q(getattr(p, key).get())}")
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return str(path)
+
+
 def edit_by_sql(db_url: str, count: int, avoid: list[str]) -> int:
     """Rename ``count`` canonical contacts (spread over the book, none with a number in ``avoid``) by plain SQL."""
     engine = make_engine(db_url)
@@ -239,6 +294,11 @@ class Bench:
         self.measure(f"1 % changed each side ({len(numbers)} SendHub, {edited} SQL)", sync_run, self.config,
                      self.db_url)
         self.measure("run after the change (converged?)", sync_run, self.config, self.db_url)
+        self.measure("bare download and parse of the SendHub pages", bare_download, self.config.providers[0],
+                     self.args.contacts)
+        if self.args.config_dir:
+            path = write_config(self.config, Path(self.args.config_dir) / "config.toml")
+            self.measure("`syncd sync` as a process (no-op)", sync_process, path)
         if self.args.profile:
             self.profile(Path(self.args.profile))
 
@@ -284,16 +344,40 @@ def print_table(bench: Bench) -> None:
             parts = [f"{name}: " + ", ".join(f"{k}={v}" for k, v in summary.items() if v not in (None, "ok"))
                      for name, summary in result["providers"].items()]
             print(f"{row.label}: run {result['status']}; " + "; ".join(parts))
+        elif "parsed" in result:
+            print(f"{row.label}: {result['parsed']} contacts parsed")
+        elif "exit" in result:
+            print(f"{row.label}: exit {result['exit']}" + ("" if result["exit"] == 0 else f"; {result['tail']}"))
         else:
             print(f"{row.label}: {result['contacts']} contacts, {result['groups']} groups; "
                   f"load {result['load_cpu']:.2f} s CPU, projection {result['project_cpu']:.3f} s, "
                   f"reconcile {result['reconcile_cpu']:.3f} s CPU (best of 3), {result['ops']} operations")
     print()
-    for row in (bench.rows[1], bench.rows[-1]):
-        print(noop_verdict(row, bench.args.contacts))
+    for row in bench.rows:
+        if row.label.startswith(("no-op run", "run after the change")):
+            print(noop_verdict(row, bench.args.contacts))
     reconcile_cpu = bench.rows[2].measured.result["reconcile_cpu"]
     print(f"reconcile alone: {reconcile_cpu:.2f} s CPU for {bench.args.contacts} contacts, both providers "
           f"(goal under 1 s for 100,000): {'met' if reconcile_cpu < 1 else 'NOT met'}")
+    print_goals(bench)
+
+
+def print_goals(bench: Bench) -> None:
+    """Issue 11's goals, at the size measured (they are stated for 100,000 contacts)."""
+    rows = {row.label.split(" (")[0].split(":")[0]: row.measured for row in bench.rows}
+    first, noop, one = rows["first run"], rows["no-op run"], rows["1 % changed each side"]
+    bare = rows["bare download and parse of the SendHub pages"]
+    goals = [
+        ("first import wall <= 15 s", first.wall, 15.0), ("first import RSS <= 250 MB", first.peak_rss_mb, 250.0),
+        ("no-op wall <= 1.5 s", noop.wall, 1.5), ("no-op RSS <= 150 MB", noop.peak_rss_mb, 150.0),
+        ("no-op / bare download <= 3", noop.wall / bare.wall, 3.0),
+        ("1 % changed wall <= 3 s", one.wall, 3.0), ("1 % changed RSS <= 150 MB", one.peak_rss_mb, 150.0),
+    ]
+    if "`syncd sync` as a process" in rows:
+        goals.append(("`syncd sync` no-op process wall <= 2.5 s", rows["`syncd sync` as a process"].wall, 2.5))
+    print(f"\ngoals of issue 11 (stated for 100,000 contacts; this run: {bench.args.contacts}):")
+    for label, value, limit in goals:
+        print(f"  {'met    ' if value <= limit else 'NOT met'}  {label}: {value:.2f}")
 
 
 def noop_verdict(row: Row, contacts: int) -> str:
@@ -309,6 +393,38 @@ def noop_verdict(row: Row, contacts: int) -> str:
             f"{'OK' if ok else 'UNEXPECTED'}\n  {detail}")
 
 
+def scaling(args: argparse.Namespace, sizes: list[int]) -> None:
+    """The no-op and 1 % runs at several sizes, each on a fresh database and fresh simulators."""
+    table = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="syncd-bench-") as tmp:
+            db_url = f"sqlite:///{tmp}/bench.db"
+            upgrade(db_url)
+            args.contacts, args.config_dir = n, None
+            bench = Bench(args, db_url)
+            try:
+                bench.measure("first run", sync_run, bench.config, db_url)
+                noop = bench.measure("no-op run", sync_run, bench.config, db_url).measured
+                changed = max(1, n // 100)
+                numbers = bench.sendhub.command("edit_names", changed, max(1, n // changed), "(edited at SendHub)")
+                in_fresh_process(edit_by_sql, db_url, changed, numbers)
+                one = bench.measure("1 % changed", sync_run, bench.config, db_url).measured
+                table.append((n, bench.rows[0].measured, noop, one))
+            finally:
+                bench.stop()
+    print(f"\n{'contacts':>9} {'import s':>9} {'import MB':>9} {'no-op s':>8} {'no-op CPU s':>11} "
+          f"{'CPU µs/contact':>14} {'no-op MB':>8} {'1 % s':>7} {'1 % CPU s':>9} {'1 % MB':>7}")
+    for n, first, noop, one in table:
+        print(f"{n:>9} {first.wall:>9.1f} {first.peak_rss_mb:>9.0f} {noop.wall:>8.2f} {noop.cpu:>11.2f} "
+              f"{noop.cpu / n * 1e6:>14.1f} {noop.peak_rss_mb:>8.0f} {one.wall:>7.2f} {one.cpu:>9.2f} "
+              f"{one.peak_rss_mb:>7.0f}")
+    by_size = {n: noop for n, _, noop, _ in table}
+    if 100_000 in by_size and max(by_size) > 100_000:
+        largest = max(by_size)
+        ratio = by_size[largest].peak_rss_mb / by_size[100_000].peak_rss_mb
+        print(f"no-op RSS at {largest} / at 100000: {ratio:.2f} (goal under 2): {'met' if ratio < 2 else 'NOT met'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contacts", type=int, default=100_000)
@@ -316,9 +432,14 @@ def main() -> None:
     parser.add_argument("--postgres", metavar="URL", help="an empty PostgreSQL database instead of SQLite")
     parser.add_argument("--profile", metavar="DIR", help="also profile a no-op run and the reconcile")
     parser.add_argument("--no-pin", action="store_true", help="do not pin simulators and engine to cores")
+    parser.add_argument("--scaling", metavar="N,N,...", help="first import, no-op and 1 %% runs at each size")
     args = parser.parse_args()
+    if args.scaling:
+        scaling(args, [int(n) for n in args.scaling.split(",")])
+        return
     with tempfile.TemporaryDirectory(prefix="syncd-bench-") as tmp:
         db_url = args.postgres or f"sqlite:///{tmp}/bench.db"
+        args.config_dir = tmp
         upgrade(db_url)
         print(f"{args.contacts} contacts in {args.groups} groups; database {'PostgreSQL' if args.postgres else 'SQLite'}; "
               f"engine process {'not pinned' if args.no_pin else 'pinned to core 1'}; "

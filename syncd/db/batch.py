@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, func, insert, select
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-__all__ = ["CHUNK", "IN_CHUNK", "chunks", "insert_ids", "rows_in"]
+__all__ = ["CHUNK", "IN_CHUNK", "chunks", "insert_ids", "insert_rows", "rows_in", "update_by_id"]
 
 #: Rows per INSERT/UPDATE batch.
 CHUNK = 500
@@ -51,3 +51,23 @@ def insert_ids(session: Session, table: Table, rows: list[dict[str, Any]]) -> li
         last = session.execute(select(func.max(table.c.id))).scalar_one()
         ids.extend(range(last - len(chunk) + 1, last + 1))
     return ids
+
+
+def insert_rows(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` (dicts with the same keys) in ``executemany`` chunks of Core statements.
+
+    Core, not the ORM's bulk path: the ORM's bookkeeping per row cost more than the insert itself.
+    """
+    for chunk in chunks(rows):
+        session.execute(insert(table), chunk)
+
+
+def update_by_id(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """``UPDATE table SET ... WHERE id = ...`` for each row (dicts with ``id`` and the same other keys)."""
+    if not rows:
+        return
+    columns = [key for key in rows[0] if key != "id"]
+    statement = update(table).where(table.c.id == bindparam("b_id")).values(
+        {column: bindparam(f"b_{column}") for column in columns})
+    for chunk in chunks(rows):
+        session.execute(statement, [{f"b_{key}": value for key, value in row.items()} for row in chunk])

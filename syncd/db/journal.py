@@ -100,7 +100,7 @@ def record(conn: Connection, provider: str, entity: str, *, canonical_ids: Itera
              for rid in remote_ids]
     if not rows:
         return
-    statement = insert(RecordChangeRow)
+    statement = insert(RecordChangeRow.__table__)
     if _postgresql(conn):
         statement = statement.values(txid=literal_column(_TXID))
     conn.execute(statement, rows)

@@ -223,7 +223,9 @@ class Run:
             if self._still_leased(a):
                 self._inbound_groups(a)
         for a in ready:
-            if self._still_leased(a):
+            # An account whose contacts cannot be listed has no changes of its own to bring in:
+            # what little its plan holds inbound (links) is applied with its push (see _push_all).
+            if self._still_leased(a) and (a.client.capabilities.list_contacts or a.settings.mode == "pull"):
                 self._inbound_contacts(a)
         writable = [a for a in ready if a.settings.mode != "pull" and a.report.status != "failed"]
         await _all(self._outbound(a) for a in writable)
@@ -482,11 +484,19 @@ class Run:
         await pusher.push([op for op in group_ops if op.action is not Action.DELETE], None)
         parts = self._parts(a)
         deferred = _Deferred()
+        applier = self._applier(a) if not a.client.capabilities.list_contacts else None
         for part in parts:
             if pusher.halted():
                 return
             window = self._load(a, part)
-            ops = self._outbound_ops(a, pusher, self._plan_contacts(a, window), guard_now=len(parts) == 1)
+            plan = self._plan_contacts(a, window)
+            if applier is not None:
+                inbound = [op for op in plan if op.direction is Direction.INBOUND or op.action is Action.UNLINK]
+                if inbound:
+                    a.report.planned(inbound)
+                    applier.apply(inbound, window)
+                    plan = self._plan_contacts(a, window)
+            ops = self._outbound_ops(a, pusher, plan, guard_now=len(parts) == 1)
             if len(parts) > 1:
                 ops = deferred.take(ops, window)
             await pusher.push(ops, window)
