@@ -695,3 +695,15 @@ def test_config_module_imports_neither_httpx_nor_structlog() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("written", "seconds"), [("3600", 3600.0), ('"90s"', 90.0), ('"30m"', 1800.0),
+                                                   ('"12h"', 43200.0), ('"1d"', 86400.0), ('"1.5h"', 5400.0)])
+def test_full_every_takes_seconds_or_a_duration(tmp_path: Path, written: str, seconds: float) -> None:
+    assert load(tmp_path, with_sync(f"full_every = {written}")).sync.full_every == seconds
+
+
+@pytest.mark.parametrize("written", ['"daily"', '"1w"', "0", '"-1h"', "true"])
+def test_a_full_every_that_is_no_duration_is_refused_naming_the_key(tmp_path: Path, written: str) -> None:
+    [problem] = problems(tmp_path, with_sync(f"full_every = {written}"))
+    assert problem.startswith("sync.full_every: ")
