@@ -22,6 +22,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, TypeAlias
 
@@ -29,6 +30,11 @@ import orjson
 
 __all__ = [
     "NOTHING_KEPT",
+    "BaseRecord",
+    "LocalRecord",
+    "Mode",
+    "Preference",
+    "RemoteRecord",
     "Contact",
     "ContactWrite",
     "FieldValue",
@@ -196,3 +202,53 @@ class WriteOutcome:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+# -- what reconcile compares (syncd.sync.reconcile) ------------------------------------------------
+
+
+class Mode(StrEnum):
+    """How a provider takes part (``mode``): both ways, made to match the book, or feeding it only."""
+
+    TWO_WAY = "two-way"
+    PUSH = "push"
+    PULL = "pull"
+
+
+class Preference(StrEnum):
+    """Which side a conflict keeps (``conflict``): ``newest`` by modification time, ``manual`` holds it."""
+
+    LOCAL = "local"
+    REMOTE = "remote"
+    NEWEST = "newest"
+    MANUAL = "manual"
+
+
+@dataclass(frozen=True, slots=True)
+class BaseRecord:
+    """A link: the remote id and the projected fields at the last successful sync."""
+
+    remote_id: str
+    fields: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRecord:
+    """A canonical record projected into the provider's field space."""
+
+    canonical_id: int
+    key: str
+    fields: Mapping[str, Any]
+    opted_out: bool = False
+    modified_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteRecord:
+    """A mirror record in the provider's field space (groups as canonical ids)."""
+
+    remote_id: str
+    key: str
+    fields: Mapping[str, Any]
+    opted_out: bool = False
+    modified_at: datetime | None = None

@@ -35,9 +35,8 @@ from syncd.db.models import (
     SyncRunRow,
 )
 from syncd.leases import pid_alive
-from syncd.model import Contact, Group, RemoteContact, RemoteGroup, fingerprint
+from syncd.model import BaseRecord, Contact, Group, RemoteContact, RemoteGroup, fingerprint
 from syncd.sync.plan import Operation
-from syncd.sync.reconcile import BaseRecord
 
 __all__ = ["Book", "Ledger", "LedgerRow", "LogEntry", "Store", "utcnow"]
 

@@ -23,11 +23,10 @@ from sqlalchemy.orm import Session
 
 from syncd.db.repo import Ledger, LedgerRow, LogEntry, Store
 from syncd.errors import AuthError, ProviderError, QuotaExhausted, Rejected
-from syncd.model import NOTHING_KEPT, ContactWrite, RemoteContact, RemoteGroup, WriteOutcome, fingerprint
+from syncd.model import NOTHING_KEPT, BaseRecord, ContactWrite, RemoteContact, RemoteGroup, WriteOutcome, fingerprint
 from syncd.providers.base import Provider
 from syncd.sync.plan import Action, Direction, Entity, Operation, push_order
 from syncd.sync.progress import Progress, Silent
-from syncd.sync.reconcile import BaseRecord
 from syncd.sync.scope import Window
 
 __all__ = ["Ledger", "Pusher", "RetryRules"]

@@ -18,10 +18,9 @@ from sqlalchemy.orm import Session
 
 from syncd.db.batch import chunks
 from syncd.db.repo import Book, LogEntry, Store
-from syncd.model import Contact, Group, group_key
+from syncd.model import BaseRecord, Contact, Group, group_key
 from syncd.providers.base import Provider
 from syncd.sync.plan import Action, Direction, Entity, Operation
-from syncd.sync.reconcile import BaseRecord
 from syncd.sync.scope import Window
 
 __all__ = ["InboundApplier", "Touched"]

@@ -6,9 +6,8 @@ import gc
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-from syncd.model import Contact, Group, RemoteContact, RemoteGroup
+from syncd.model import BaseRecord, Contact, Group, LocalRecord, RemoteContact, RemoteGroup, RemoteRecord
 from syncd.providers.base import Provider
-from syncd.sync.reconcile import BaseRecord, LocalRecord, RemoteRecord
 
 __all__ = ["contact_fields", "group_fields", "local_contacts", "local_groups", "remote_contacts", "remote_groups"]
 

@@ -36,7 +36,7 @@ from syncd.db.journal import FLOOR, Position
 from syncd.db.repo import Book, LogEntry, Store, utcnow
 from syncd.dberrors import database_outage
 from syncd.errors import LeaseLost, ProviderError, Unsupported
-from syncd.model import Contact, RemoteGroup, fingerprint
+from syncd.model import BaseRecord, Contact, Mode, Preference, RemoteGroup, fingerprint
 from syncd.providers import build_provider
 from syncd.providers.base import Provider
 from syncd.sync import project
@@ -44,7 +44,7 @@ from syncd.sync.executor import Ledger, Pusher, RetryRules
 from syncd.sync.inbound import InboundApplier, Touched
 from syncd.sync.plan import Action, Direction, Entity, Operation, guard
 from syncd.sync.progress import Progress, Silent
-from syncd.sync.reconcile import BaseRecord, Policy, reconcile
+from syncd.sync.reconcile import Policy, reconcile
 from syncd.sync.scope import Part, Scope, Seeds, Window
 
 __all__ = ["ENGINE_VERSION", "ProviderReport", "RunReport", "run_once"]
@@ -238,7 +238,7 @@ class Run:
         options = self.options
         client = build_provider(settings, default_region=self.config.sync.default_region,
                                 **options.client_options.get(settings.name, {}))
-        policy = Policy(settings.name, conflict=self.config.conflict_for(settings), mode=settings.mode)
+        policy = Policy(settings.name, conflict=Preference(self.config.conflict_for(settings)), mode=Mode(settings.mode))
         fence = options.fence_for(settings.name) if options.fence_for else (lambda: None)
         report = ProviderReport(settings.name, keep_all=options.dry_run)
         settings_print = fingerprint({"engine": ENGINE_VERSION, "type": settings.type, "mode": settings.mode,

@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 
 from syncd.db.canonical import Invalid
 from syncd.db.repo import Store
-from syncd.model import Contact, Group, RemoteContact
+from syncd.model import BaseRecord, Contact, Group, RemoteContact
 from syncd.phones import InvalidPhone, to_e164
-from syncd.sync.reconcile import BaseRecord
 
 __all__ = ["WINDOW", "Part", "Scope", "Seeds", "Window"]
 

@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 import pytest
 
 from syncd.sync.plan import Action, Direction, Entity
-from syncd.sync.reconcile import BaseRecord, LocalRecord, Policy, RemoteRecord, merge_fields, reconcile
+from syncd.model import BaseRecord, LocalRecord, RemoteRecord
+from syncd.sync.reconcile import Policy, merge_fields, reconcile
 
 C = Entity.CONTACT
 P = Policy("sendhub")

@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from syncd.sync.plan import Action, Direction, Entity, guard
-from syncd.sync.reconcile import BaseRecord, LocalRecord, Policy, RemoteRecord, reconcile
+from syncd.model import BaseRecord, LocalRecord, RemoteRecord
+from syncd.sync.reconcile import Policy, reconcile
 
 C = Entity.CONTACT
 values = st.sampled_from(["", "a", "b", "c"])
