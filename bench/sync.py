@@ -159,6 +159,8 @@ def _project_and_reconcile(book: Book, inputs: list[tuple[Any, ...]],
     project_cpu = reconcile_cpu = 0.0
     ops = 0
     for client, links, mirror_groups, mirror_contacts, policy in inputs:
+        client = project.Projection(client.project, client.capabilities.opt_out_outbound,
+                                    client.capabilities.group_fields)
         t0 = time.process_time()
         groups = (project.local_groups(client, book.groups), project.remote_groups(client, mirror_groups))
         contacts = (project.local_contacts(client, book.contacts),

@@ -31,6 +31,7 @@ import orjson
 __all__ = [
     "NOTHING_KEPT",
     "BaseRecord",
+    "ChangeEntry",
     "LocalRecord",
     "Mode",
     "Preference",
@@ -252,3 +253,23 @@ class RemoteRecord:
     fields: Mapping[str, Any]
     opted_out: bool = False
     modified_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEntry:
+    """A ``change_log`` row to write: what happened to one record, and how it stands."""
+
+    provider: str
+    entity: str
+    action: str
+    direction: str
+    status: str
+    reason: str
+    canonical_id: int | None = None
+    remote_id: str | None = None
+    before: Mapping[str, Any] | None = None
+    after: Mapping[str, Any] | None = None
+    error: str | None = None
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    fingerprint: str | None = None

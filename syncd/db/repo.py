@@ -35,26 +35,12 @@ from syncd.db.models import (
     SyncRunRow,
 )
 from syncd.leases import pid_alive
-from syncd.model import BaseRecord, Contact, Group, RemoteContact, RemoteGroup, fingerprint
-from syncd.sync.plan import Operation
+from syncd.model import BaseRecord, ChangeEntry, Contact, Group, RemoteContact, RemoteGroup, fingerprint
 
-__all__ = ["Book", "Ledger", "LedgerRow", "LogEntry", "Store", "utcnow"]
+__all__ = ["Book", "Ledger", "LedgerRow", "Store", "utcnow"]
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class LogEntry:
-    """A change-log row to write."""
-
-    op: Operation
-    provider: str
-    status: str
-    error: str | None = None
-    attempts: int = 0
-    next_attempt_at: datetime | None = None
-    fingerprint: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,17 +451,16 @@ class Store:
 
     # -- change log ---------------------------------------------------------------
 
-    def log(self, s: Session, run_id: int, entries: Sequence[LogEntry]) -> list[int]:
+    def log(self, s: Session, run_id: int, entries: Sequence[ChangeEntry]) -> list[int]:
         """Write change-log rows in the session's transaction; their ids, in order."""
         if not entries:
             return []
         now = utcnow()
-        rows = [{"run_id": run_id or None, "at": now, "provider": e.provider, "entity": e.op.entity.value,
-                 "action": e.op.action.value, "direction": e.op.direction.value,
-                 "canonical_id": e.op.canonical_id if (e.op.canonical_id or 0) > 0 else None,
-                 "remote_id": e.op.remote_id, "status": e.status, "before": _log_before(e.op), "after": e.op.after,
-                 "error": e.error, "reason": e.op.reason, "attempts": e.attempts,
-                 "next_attempt_at": e.next_attempt_at, "fingerprint": e.fingerprint} for e in entries]
+        rows = [{"run_id": run_id or None, "at": now, "provider": e.provider, "entity": e.entity, "action": e.action,
+                 "direction": e.direction, "canonical_id": e.canonical_id, "remote_id": e.remote_id,
+                 "status": e.status, "before": e.before, "after": e.after, "error": e.error, "reason": e.reason,
+                 "attempts": e.attempts, "next_attempt_at": e.next_attempt_at, "fingerprint": e.fingerprint}
+                for e in entries]
         return insert_ids(s, ChangeLogRow.__table__, rows)
 
     def settle(self, s: Session, ids: Sequence[int], status: str, *, error: str | None = None,
@@ -566,12 +551,6 @@ def latest_outbound_ids() -> Any:
     return (select(func.max(ChangeLogRow.id))
             .where(ChangeLogRow.direction == "outbound", ChangeLogRow.status.in_(_SETTLED))
             .group_by(ChangeLogRow.provider, ChangeLogRow.entity, record))
-
-
-def _log_before(op: Operation) -> dict[str, Any] | None:
-    if op.action.value == "conflict":
-        return {"local": op.local, "remote": op.remote}
-    return op.before
 
 
 def _contact_row(provider: str, c: RemoteContact) -> dict[str, Any]:

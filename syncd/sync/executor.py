@@ -21,11 +21,11 @@ import structlog
 
 from sqlalchemy.orm import Session
 
-from syncd.db.repo import Ledger, LedgerRow, LogEntry, Store
+from syncd.db.repo import Ledger, LedgerRow, Store
 from syncd.errors import AuthError, ProviderError, QuotaExhausted, Rejected
 from syncd.model import NOTHING_KEPT, BaseRecord, ContactWrite, RemoteContact, RemoteGroup, WriteOutcome, fingerprint
 from syncd.providers.base import Provider
-from syncd.sync.plan import Action, Direction, Entity, Operation, push_order
+from syncd.sync.plan import Action, Direction, Entity, Operation, log_entry, push_order
 from syncd.sync.progress import Progress, Silent
 from syncd.sync.scope import Window
 
@@ -119,14 +119,14 @@ class Pusher:
     def _log_skipped(self, ops: list[Operation]) -> None:
         if ops:
             with self.store.session() as s, s.begin():
-                self.store.log(s, self.run_id, [LogEntry(op, self.name, "skipped", error=op.skip_reason or "held")
+                self.store.log(s, self.run_id, [log_entry(op, self.name, "skipped", error=op.skip_reason or "held")
                                                 for op in ops])
 
     # -- the pending -> request -> settled cycle ----------------------------------
 
     def _pending(self, ops: Sequence[Operation]) -> list[int]:
         with self.store.session() as s, s.begin():
-            return self.store.log(s, self.run_id, [LogEntry(op, self.name, "pending") for op in ops])
+            return self.store.log(s, self.run_id, [log_entry(op, self.name, "pending") for op in ops])
 
     def _settle_error(self, s: Session, op: Operation, entry_id: int, error: Exception) -> None:
         if isinstance(error, (AuthError, QuotaExhausted)) and self.stopped_by is None:

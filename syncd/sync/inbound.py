@@ -17,10 +17,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from syncd.db.batch import chunks
-from syncd.db.repo import Book, LogEntry, Store
-from syncd.model import BaseRecord, Contact, Group, group_key
+from syncd.db.repo import Book, Store
+from syncd.model import BaseRecord, ChangeEntry, Contact, Group, group_key
 from syncd.providers.base import Provider
-from syncd.sync.plan import Action, Direction, Entity, Operation
+from syncd.sync.plan import Action, Direction, Entity, Operation, log_entry
 from syncd.sync.scope import Window
 
 __all__ = ["InboundApplier", "Touched"]
@@ -58,7 +58,7 @@ class InboundApplier:
         self.touched_remote: set[str] = set()  # remote contacts of this account an applied operation concerned
         self._links_due: list[tuple[str, int, str, dict[str, Any]]] = []  # written per chunk: see _write_links
         self._pending = _Pending()
-        self._entries: list[LogEntry] = []
+        self._entries: list[ChangeEntry] = []
         self._phones: dict[str, int] = {}  # phone -> canonical id, of the window's contacts as they are now
         self._gone: set[int] = set()  # canonical contacts deleted by this applier
         self._held: dict[str, int] = {}  # phone -> canonical id in the book, for the chunk's creates (one query)
@@ -89,7 +89,7 @@ class InboundApplier:
                 self._entries = []
             self.done += len(chunk)
 
-    def _apply_one(self, s: Session, op: Operation) -> list[LogEntry]:
+    def _apply_one(self, s: Session, op: Operation) -> list[ChangeEntry]:
         if op.entity is Entity.CONTACT:  # its record may be out of step in a new way (a link dropped, say)
             if op.remote_id is not None:
                 self.touched_remote.add(op.remote_id)
@@ -104,9 +104,9 @@ class InboundApplier:
 
     # -- handlers ---------------------------------------------------------------
 
-    def _create(self, s: Session, op: Operation) -> list[LogEntry]:
+    def _create(self, s: Session, op: Operation) -> list[ChangeEntry]:
         if op.held or op.skip_reason:
-            return [LogEntry(op, self.name, "skipped", error=op.skip_reason or "held")]
+            return [log_entry(op, self.name, "skipped", error=op.skip_reason or "held")]
         if op.entity is Entity.GROUP:
             return self._created(s, op, self._create_group(s, op))
         if not op.key.startswith("+"):
@@ -123,15 +123,15 @@ class InboundApplier:
         self._pending.creates.append((op, contact))
         return []  # logged when the chunk's creates are written (see _write_creates)
 
-    def _created(self, s: Session, op: Operation, cid: int) -> list[LogEntry]:
+    def _created(self, s: Session, op: Operation, cid: int) -> list[ChangeEntry]:
         self._set_link(op.entity, cid, op.remote_id, op.after or {})
         if op.entity is Entity.CONTACT:
             self.touched.setdefault(cid, {})
         self._count(op)
-        return [LogEntry(replace(op, canonical_id=cid), self.name, "applied")]
+        return [log_entry(replace(op, canonical_id=cid), self.name, "applied")]
 
-    def _refused(self, op: Operation) -> list[LogEntry]:
-        return [LogEntry(op, self.name, "rejected",
+    def _refused(self, op: Operation) -> list[ChangeEntry]:
+        return [log_entry(op, self.name, "rejected",
                          error=f"number {op.key!r} at {self.name} is invalid or held by an invalid canonical row")]
 
     def _create_group(self, s: Session, op: Operation) -> int:
@@ -160,7 +160,7 @@ class InboundApplier:
             holder = self.store.contacts_with_phones([phone]).get(phone) if phone.startswith("+") else None
         return None if holder in self._pending.deletes or holder in self._gone else holder
 
-    def _update(self, s: Session, op: Operation) -> list[LogEntry]:
+    def _update(self, s: Session, op: Operation) -> list[ChangeEntry]:
         cid = op.canonical_id
         assert cid is not None
         if op.entity is Entity.GROUP:
@@ -178,9 +178,9 @@ class InboundApplier:
         if op.remote is not None:
             self._set_link(op.entity, cid, op.remote_id, op.remote)
         self._count(op)
-        return [LogEntry(op, self.name, "applied")]
+        return [log_entry(op, self.name, "applied")]
 
-    def _update_contact(self, s: Session, op: Operation, cid: int) -> list[LogEntry] | None:
+    def _update_contact(self, s: Session, op: Operation, cid: int) -> list[ChangeEntry] | None:
         """Apply an inbound contact update; None when applied, else the change-log rows saying why not."""
         current = self._pending.updates.get(cid, (self.contacts[cid], False))[0]
         if op.extra.get("opt_out"):
@@ -195,7 +195,7 @@ class InboundApplier:
                           extra=attrs.get("extra", current.extra), groups=groups)
         clash = self._cross_provider_clash(current, new)
         if clash:
-            return [LogEntry(replace(op, action=Action.CONFLICT), self.name, "skipped",
+            return [log_entry(replace(op, action=Action.CONFLICT), self.name, "skipped",
                              error=f"{', '.join(clash)} already changed by another provider in this run; that change kept")]
         problem = self._number_problem(new.phone, current) if new.phone != current.phone else None
         if problem is None and new.phone != current.phone and not self._renumber(s, current, new):
@@ -232,14 +232,14 @@ class InboundApplier:
                     "nothing merged (change one of the numbers)")
         return None
 
-    def _number_conflict(self, op: Operation, problem: str) -> list[LogEntry]:
+    def _number_conflict(self, op: Operation, problem: str) -> list[ChangeEntry]:
         """A number change that would merge two contacts: held and reported once, never applied."""
         self.counts["conflicts"] = self.counts.get("conflicts", 0) + 1
         if (op.entity.value, op.canonical_id, op.remote_id) in self.open_conflicts:
             return []  # already listed
         held = replace(op, action=Action.CONFLICT, held=True, local=op.before, remote=op.remote,
                        after=None, extra={"fields": ["number"], "policy": "manual"})
-        return [LogEntry(held, self.name, "planned", error=problem)]
+        return [log_entry(held, self.name, "planned", error=problem)]
 
     def _cross_provider_clash(self, current: Contact, new: Contact) -> list[str]:
         """Attributes another provider already changed differently in this run (first provider wins)."""
@@ -251,9 +251,9 @@ class InboundApplier:
             seen.update((attr, self.name) for attr in changed)
         return clash
 
-    def _delete(self, s: Session, op: Operation) -> list[LogEntry]:
+    def _delete(self, s: Session, op: Operation) -> list[ChangeEntry]:
         if op.held or op.skip_reason:
-            return [LogEntry(op, self.name, "skipped", error=op.skip_reason or "held")]
+            return [log_entry(op, self.name, "skipped", error=op.skip_reason or "held")]
         cid = op.canonical_id
         assert cid is not None
         if op.entity is Entity.GROUP:
@@ -266,7 +266,7 @@ class InboundApplier:
             contact = self.contacts.get(cid)
             if contact is not None and contact.opted_out:
                 self._unlink(s, op)
-                return [LogEntry(op, self.name, "skipped",
+                return [log_entry(op, self.name, "skipped",
                                  error="opted out: kept in the canonical book so the opt-out is not lost")]
             self._pending.deletes.add(cid)
             self._pending.updates.pop(cid, None)
@@ -277,36 +277,36 @@ class InboundApplier:
             self.touched.setdefault(cid, {})
         self._unlink(s, op)
         self._count(op)
-        return [LogEntry(op, self.name, "applied")]
+        return [log_entry(op, self.name, "applied")]
 
-    def _link(self, s: Session, op: Operation) -> list[LogEntry]:
+    def _link(self, s: Session, op: Operation) -> list[ChangeEntry]:
         assert op.canonical_id is not None
         self._set_link(op.entity, op.canonical_id, op.remote_id, op.after or {})
         if op.remote_id is not None:
             self.store.settle_found(s, self.name, op.entity.value, [op.canonical_id])
-        return [LogEntry(op, self.name, "applied")]
+        return [log_entry(op, self.name, "applied")]
 
-    def _conflict(self, s: Session, op: Operation) -> list[LogEntry]:
+    def _conflict(self, s: Session, op: Operation) -> list[ChangeEntry]:
         self.counts["conflicts"] = self.counts.get("conflicts", 0) + 1
         if op.held:
             if (op.entity.value, op.canonical_id, op.remote_id) in self.open_conflicts:
                 return []  # already listed for `syncd resolve`
-            return [LogEntry(op, self.name, "planned")]
+            return [log_entry(op, self.name, "planned")]
         if op.remote is not None and op.canonical_id is not None and op.remote_id is not None:
             self._set_link(op.entity, op.canonical_id, op.remote_id, op.remote)
-        return [LogEntry(op, self.name, "applied")]
+        return [log_entry(op, self.name, "applied")]
 
-    def _unlink(self, s: Session, op: Operation) -> list[LogEntry]:
+    def _unlink(self, s: Session, op: Operation) -> list[ChangeEntry]:
         self._write_links(s)  # links set earlier in this chunk first, so this drop sees them
         if op.canonical_id is not None:
             self.links[op.entity.value].pop(op.canonical_id, None)
             self.store.drop_links(s, self.name, op.entity.value, cids=[op.canonical_id])
         if op.remote_id is not None and op.entity is Entity.CONTACT and not self.provider.capabilities.list_contacts:
             self.store.drop_mirror(s, self.name, contacts=True, remote_ids=[op.remote_id])
-        return [LogEntry(op, self.name, "skipped", error=op.skip_reason)] if op.skip_reason else []
+        return [log_entry(op, self.name, "skipped", error=op.skip_reason)] if op.skip_reason else []
 
-    def _report(self, s: Session, op: Operation) -> list[LogEntry]:
-        return [LogEntry(op, self.name, "skipped", error=op.reason)]
+    def _report(self, s: Session, op: Operation) -> list[ChangeEntry]:
+        return [log_entry(op, self.name, "skipped", error=op.reason)]
 
     # -- writing a chunk --------------------------------------------------------------
 

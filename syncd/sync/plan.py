@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from datetime import datetime
 from typing import Any
+
+from syncd.model import ChangeEntry
 
 __all__ = [
     "Action",
@@ -19,6 +22,7 @@ __all__ = [
     "Entity",
     "Operation",
     "guard",
+    "log_entry",
     "push_order",
 ]
 
@@ -132,3 +136,12 @@ def guard(
         result.append(Operation(Action.GUARDED, entity, direction, reason,
                                 extra={"deletes": len(deletes), "total": total}))
     return result
+
+
+def log_entry(op: Operation, provider: str, status: str, *, error: str | None = None, attempts: int = 0,
+              next_attempt_at: datetime | None = None, fingerprint: str | None = None) -> ChangeEntry:
+    """The change-log row of ``op`` at ``provider`` (a conflict keeps both versions in ``before``)."""
+    before = {"local": op.local, "remote": op.remote} if op.action is Action.CONFLICT else op.before
+    canonical_id = op.canonical_id if op.canonical_id is not None and op.canonical_id > 0 else None
+    return ChangeEntry(provider, op.entity.value, op.action.value, op.direction.value, status, op.reason,
+                       canonical_id, op.remote_id, before, op.after, error, attempts, next_attempt_at, fingerprint)

@@ -1,51 +1,69 @@
-"""Reconcile inputs for one provider: canonical and mirror records in its field space."""
+"""Reconcile inputs for one provider: canonical and mirror records in its field space. Pure.
+
+A :class:`Projection` says what one provider can hold; the engine builds it from
+the provider's client (its ``project`` and capabilities), so nothing here knows
+of clients, HTTP or the database.
+"""
 
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 from syncd.model import BaseRecord, Contact, Group, LocalRecord, RemoteContact, RemoteGroup, RemoteRecord
-from syncd.providers.base import Provider
 
-__all__ = ["contact_fields", "group_fields", "local_contacts", "local_groups", "remote_contacts", "remote_groups"]
+__all__ = ["Projection", "contact_fields", "group_fields", "local_contacts", "local_groups", "remote_contacts",
+           "remote_groups"]
 
 
-def contact_fields(provider: Provider, contact: Contact) -> dict:
+@dataclass(frozen=True, slots=True)
+class Projection:
+    """What one provider can hold."""
+
+    contact: Callable[[Contact], Mapping[str, Any]]
+    """The canonical contact in the provider's field space (no groups, no opt-out)."""
+    holds_opt_out: bool
+    """The provider records opt-outs syncd writes (smsend's blacklist): the opt-out is then a field."""
+    group_fields: frozenset[str]
+    """The canonical group attributes the provider stores."""
+
+
+def contact_fields(provider: Projection, contact: Contact) -> dict[str, Any]:
     """The contact's projection, with its groups (canonical ids) and, where the provider holds it, its opt-out."""
-    fields = dict(provider.project(contact))
+    fields = dict(provider.contact(contact))
     fields["groups"] = sorted(contact.groups)
-    if provider.capabilities.opt_out_outbound and contact.opted_out:
+    if provider.holds_opt_out and contact.opted_out:
         fields["opted_out"] = True
     return fields
 
 
-def group_fields(provider: Provider, name: str, description: str) -> dict:
-    wanted = provider.capabilities.group_fields
+def group_fields(provider: Projection, name: str, description: str) -> dict[str, Any]:
     fields = {"name": name}
-    if "description" in wanted and description:
+    if "description" in provider.group_fields and description:
         fields["description"] = description
     return fields
 
 
-def local_contacts(provider: Provider, contacts: Mapping[int, Contact]) -> dict[int, LocalRecord]:
+def local_contacts(provider: Projection, contacts: Mapping[int, Contact]) -> dict[int, LocalRecord]:
     with _collector_paused():
         return {cid: LocalRecord(cid, c.phone, contact_fields(provider, c), c.opted_out, c.updated_at)
                 for cid, c in contacts.items()}
 
 
-def local_groups(provider: Provider, groups: Mapping[int, Group]) -> dict[int, LocalRecord]:
+def local_groups(provider: Projection, groups: Mapping[int, Group]) -> dict[int, LocalRecord]:
     return {gid: LocalRecord(gid, g.key, group_fields(provider, g.name, g.description), False, g.updated_at)
             for gid, g in groups.items()}
 
 
-def remote_contacts(provider: Provider, mirror: Mapping[str, RemoteContact],
+def remote_contacts(provider: Projection, mirror: Mapping[str, RemoteContact],
                     group_links: Mapping[int, BaseRecord]) -> dict[str, RemoteRecord]:
     """Mirror contacts with their remote group ids translated to canonical ids (unlinked groups dropped)."""
     to_canonical = {link.remote_id: gid for gid, link in group_links.items()}
-    reports_opt_out = not provider.capabilities.opt_out_outbound
-    out = {}
+    reports_opt_out = not provider.holds_opt_out
+    out: dict[str, RemoteRecord] = {}
     with _collector_paused():
         for rid, rc in mirror.items():
             fields = dict(rc.fields)
@@ -56,7 +74,7 @@ def remote_contacts(provider: Provider, mirror: Mapping[str, RemoteContact],
     return out
 
 
-def remote_groups(provider: Provider, mirror: Mapping[str, RemoteGroup]) -> dict[str, RemoteRecord]:
+def remote_groups(provider: Projection, mirror: Mapping[str, RemoteGroup]) -> dict[str, RemoteRecord]:
     return {rid: RemoteRecord(rid, g.key, group_fields(provider, g.name, g.description), False, g.modified_at)
             for rid, g in mirror.items()}
 

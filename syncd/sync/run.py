@@ -33,7 +33,7 @@ from sqlalchemy import Engine
 from syncd.config import Config, ProviderSettings
 from syncd.db.canonical import KEEPER
 from syncd.db.journal import FLOOR, Position
-from syncd.db.repo import Book, LogEntry, Store, utcnow
+from syncd.db.repo import Book, Store, utcnow
 from syncd.dberrors import database_outage
 from syncd.errors import LeaseLost, ProviderError, Unsupported
 from syncd.model import BaseRecord, Contact, Mode, Preference, RemoteGroup, fingerprint
@@ -42,7 +42,7 @@ from syncd.providers.base import Provider
 from syncd.sync import project
 from syncd.sync.executor import Ledger, Pusher, RetryRules
 from syncd.sync.inbound import InboundApplier, Touched
-from syncd.sync.plan import Action, Direction, Entity, Operation, guard
+from syncd.sync.plan import Action, Direction, Entity, Operation, guard, log_entry
 from syncd.sync.progress import Progress, Silent
 from syncd.sync.reconcile import Policy, reconcile
 from syncd.sync.scope import Part, Scope, Seeds, Window
@@ -125,6 +125,11 @@ class _Account:
     @property
     def name(self) -> str:
         return self.settings.name
+
+    @property
+    def projection(self) -> project.Projection:
+        capabilities = self.client.capabilities
+        return project.Projection(self.client.project, capabilities.opt_out_outbound, capabilities.group_fields)
 
 
 @dataclass(frozen=True)
@@ -368,7 +373,7 @@ class Run:
         return lambda cid: cid in changed and cid not in touched
 
     def _plan_groups(self, a: _Account) -> list[Operation]:
-        c = a.client
+        c = a.projection
         links, groups = _without_invalid(self.book.invalid_groups, a.group_links, a.groups)
         ops = reconcile(Entity.GROUP, links, project.local_groups(c, self.book.groups),
                         project.remote_groups(c, groups), a.policy)
@@ -376,7 +381,7 @@ class Run:
 
     def _plan_contacts(self, a: _Account, window: Window) -> list[Operation]:
         """The window's contact operations (the deletion guard is the caller's: it spans windows)."""
-        c = a.client
+        c = a.projection
         group_links, _ = _without_invalid(self.book.invalid_groups, a.group_links, a.groups)
         local = project.local_contacts(c, _without_groups(window.contacts, self._unplaceable(a, group_links)))
         links, mirror = _without_invalid(window.invalid, window.links, window.mirror)
@@ -402,7 +407,7 @@ class Run:
         groups = self.book.groups
         return {gid for (entity, gid, _), row in a.ledger.items()
                 if entity == "group" and row.status == "rejected" and gid in groups and gid not in group_links
-                and row.fingerprint == fingerprint(project.group_fields(a.client, groups[gid].name,
+                and row.fingerprint == fingerprint(project.group_fields(a.projection, groups[gid].name,
                                                                         groups[gid].description))}
 
     # -- inbound -----------------------------------------------------------------------------------
@@ -579,9 +584,9 @@ class Run:
             self.open_invalid[(entity, cid)] = error
         for key in fixed:
             self.open_invalid.pop(key, None)
-        entries = [LogEntry(_invalid_op(key, "canonical record cannot be synced"), "*", "rejected", error=error)
+        entries = [log_entry(_invalid_op(key, "canonical record cannot be synced"), "*", "rejected", error=error)
                    for key, error in fresh]
-        entries += [LogEntry(_invalid_op(key, "canonical record fixed or removed; synced again"), "*", "applied")
+        entries += [log_entry(_invalid_op(key, "canonical record fixed or removed; synced again"), "*", "applied")
                     for key in fixed]
         if entries:
             with self.store.session() as s, s.begin():
