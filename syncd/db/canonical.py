@@ -115,8 +115,7 @@ def _one_row_per_number(session: Session, contacts: dict[int, Contact], stored: 
     fixes: dict[int, str] = {}
     for number in sorted(shared):
         ids, holder = sorted(by_number[number]), verbatim.get(number)
-        outside = holder is not None and holder not in contacts and holder not in unreadable
-        keeper = holder if outside else ids[0]
+        keeper = holder if holder is not None and holder not in contacts and holder not in unreadable else ids[0]
         for cid in ids:
             if cid != keeper:
                 written = stored.get(cid, contacts[cid].phone)
@@ -199,12 +198,15 @@ class _Columns:
 
     def time(self, raw: Any) -> datetime | None:
         if self._time is None:
-            return raw
+            return raw if isinstance(raw, datetime) else None  # PostgreSQL hands timestamps over typed
         text = self.text(raw, "updated_at")
         try:
-            return self._time(text)
+            value = self._time(text)
         except (ValueError, TypeError):
+            value = None
+        if not isinstance(value, datetime):
             raise _Unreadable("updated_at", f"updated_at is not a timestamp: {excerpt(text, 60)!r}") from None
+        return value
 
     def json_object(self, raw: Any) -> Mapping[str, Any]:
         text = self.text(raw, "extra")

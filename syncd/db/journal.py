@@ -14,7 +14,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, ColumnElement, delete, insert, literal_column, or_, select, text, update
 
-from syncd.db.models import RecordChangeRow, SyncPositionRow
+from syncd.db.models import RecordChangeRow, SyncPositionRow, table_of
 
 __all__ = ["FLOOR", "Changes", "Position", "changes_since", "current_position", "own", "positions", "prune",
            "record", "save_position", "transaction_start"]
@@ -100,7 +100,7 @@ def record(conn: Connection, provider: str, entity: str, *, canonical_ids: Itera
              for rid in remote_ids]
     if not rows:
         return
-    statement = insert(RecordChangeRow.__table__)
+    statement = insert(table_of(RecordChangeRow))
     if _postgresql(conn):
         statement = statement.values(txid=literal_column(_TXID))
     conn.execute(statement, rows)

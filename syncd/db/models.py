@@ -162,6 +162,7 @@ from sqlalchemy import (
     MetaData,
     PrimaryKeyConstraint,
     String,
+    Table,
     Text,
     UniqueConstraint,
     false,
@@ -190,6 +191,7 @@ __all__ = [
     "SyncPositionRow",
     "SyncRunRow",
     "UTCDateTime",
+    "table_of",
 ]
 
 #: Deterministic names for every constraint and index, identical on SQLite and
@@ -261,6 +263,13 @@ class Base(DeclarativeBase):
     """Declarative base carrying the naming convention."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def table_of(model: type[Base]) -> Table:
+    """A model's table, for Core statements (the ORM types ``__table__`` loosely)."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 # --- public tables -----------------------------------------------------------------

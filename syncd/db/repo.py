@@ -33,6 +33,7 @@ from syncd.db.models import (
     RemoteContactRow,
     RemoteGroupRow,
     SyncRunRow,
+    table_of,
 )
 from syncd.leases import pid_alive
 from syncd.model import BaseRecord, ChangeEntry, Contact, Group, RemoteContact, RemoteGroup, fingerprint
@@ -138,7 +139,7 @@ class Store:
                                .where(ChangeLogRow.status == "pending", ChangeLogRow.provider.in_(list(providers)))
                                .values(status="failed", error="interrupted before its outcome was recorded; "
                                                               "re-planned from the provider's state"))
-            return result.rowcount or 0
+            return int(getattr(result, "rowcount", 0) or 0)
 
     # -- journal ------------------------------------------------------------
 
@@ -190,7 +191,7 @@ class Store:
             contacts, invalid, fixes = read_contacts(s, ids, groups, default_region, check=check)
         if fixes:
             with self.writing() as s:
-                update_by_id(s, ContactRow.__table__, [{"id": cid, "phone": phone} for cid, phone in fixes.items()])
+                update_by_id(s, table_of(ContactRow), [{"id": cid, "phone": phone} for cid, phone in fixes.items()])
         return contacts, invalid
 
     def load_book(self, default_region: str) -> Book:
@@ -233,7 +234,7 @@ class Store:
             return []
         rows = [{"phone": c.phone, "name": c.name, "surname": c.surname, "email": c.email, "extra": dict(c.extra),
                  "opted_out": c.opted_out} for c in contacts]
-        ids = insert_ids(s, ContactRow.__table__, rows)
+        ids = insert_ids(s, table_of(ContactRow), rows)
         self._insert_members(s, [(cid, c.groups) for cid, c in zip(ids, contacts, strict=True)])
         return ids
 
@@ -244,7 +245,7 @@ class Store:
         now = utcnow()
         rows = [{"id": c.id, "phone": c.phone, "name": c.name, "surname": c.surname, "email": c.email,
                  "extra": dict(c.extra), "opted_out": c.opted_out, "updated_at": now} for c in contacts]
-        update_by_id(s, ContactRow.__table__, rows)
+        update_by_id(s, table_of(ContactRow), rows)
         moved = [(c.id, c.groups) for c in contacts if c.id in groups_changed and c.id is not None]
         for chunk in chunks([cid for cid, _ in moved]):
             s.execute(delete(GroupMemberRow).where(GroupMemberRow.contact_id.in_(chunk)))
@@ -253,7 +254,7 @@ class Store:
     def _insert_members(self, s: Session, members: Iterable[tuple[int | None, Iterable[int]]]) -> None:
         rows = [{"group_id": g, "contact_id": cid} for cid, groups in members for g in sorted(groups)
                 if g > 0 and cid is not None]
-        insert_rows(s, GroupMemberRow.__table__, rows)
+        insert_rows(s, table_of(GroupMemberRow), rows)
 
     def delete_contacts(self, s: Session, ids: Collection[int]) -> None:
         for chunk in chunks(sorted(ids)):
@@ -306,30 +307,28 @@ class Store:
         """
         if not links:
             return
-        kept, seen_cids, seen_rids = [], set(), set()
+        kept: list[tuple[int, str, Mapping[str, Any]]] = []
+        seen_cids: set[int] = set()
+        seen_rids: set[str] = set()
         for cid, remote_id, base in reversed(links):
             if cid not in seen_cids and remote_id not in seen_rids:
                 kept.append((cid, remote_id, base))
             seen_cids.add(cid)
             seen_rids.add(remote_id)
-        where = (LinkRow.provider == provider, LinkRow.entity == entity)
-        for chunk in chunks(sorted(seen_cids)):
-            s.execute(delete(LinkRow).where(*where, LinkRow.canonical_id.in_(chunk)))
-        for chunk in chunks(sorted(seen_rids)):
-            s.execute(delete(LinkRow).where(*where, LinkRow.remote_id.in_(chunk)))
+        self.drop_links(s, provider, entity, cids=seen_cids, rids=seen_rids)
         now = utcnow()
         rows = [{"provider": provider, "entity": entity, "canonical_id": cid, "remote_id": remote_id,
                  "base": dict(base), "base_fingerprint": fingerprint(base), "synced_at": now}
                 for cid, remote_id, base in reversed(kept)]
-        insert_rows(s, LinkRow.__table__, rows)
+        insert_rows(s, table_of(LinkRow), rows)
 
     def drop_links(self, s: Session, provider: str, entity: str, *, cids: Collection[int] = (),
                    rids: Collection[str] = ()) -> None:
         where = (LinkRow.provider == provider, LinkRow.entity == entity)
-        for chunk in chunks(sorted(cids)):
-            s.execute(delete(LinkRow).where(*where, LinkRow.canonical_id.in_(chunk)))
-        for chunk in chunks(sorted(rids)):
-            s.execute(delete(LinkRow).where(*where, LinkRow.remote_id.in_(chunk)))
+        for cid_chunk in chunks(sorted(cids)):
+            s.execute(delete(LinkRow).where(*where, LinkRow.canonical_id.in_(cid_chunk)))
+        for rid_chunk in chunks(sorted(rids)):
+            s.execute(delete(LinkRow).where(*where, LinkRow.remote_id.in_(rid_chunk)))
 
     # -- mirror -----------------------------------------------------------------
 
@@ -407,11 +406,12 @@ class Store:
         if not crow and not grow:
             return []
         with self.session() as s, s.begin():
-            for table, rows in ((RemoteContactRow, crow), (RemoteGroupRow, grow)):
+            for model, rows in ((RemoteContactRow, crow), (RemoteGroupRow, grow)):
+                table = table_of(model)
                 for chunk in chunks(rows):
                     ids = [r["remote_id"] for r in chunk]
-                    s.execute(delete(table).where(table.provider == provider, table.remote_id.in_(ids)))
-                    s.execute(insert(table.__table__), chunk)
+                    s.execute(delete(table).where(table.c.provider == provider, table.c.remote_id.in_(ids)))
+                    s.execute(insert(table), chunk)
             changed = [r["remote_id"] for r in crow]
             journal.record(s.connection(), provider, "contact", remote_ids=changed, writer=self.run_id or None)
         return changed
@@ -434,7 +434,7 @@ class Store:
 
     def put_mirror_group(self, s: Session, provider: str, group: RemoteGroup) -> None:
         self.drop_mirror(s, provider, contacts=False, remote_ids=[group.remote_id])
-        s.execute(insert(RemoteGroupRow.__table__), [_group_row(provider, group)])
+        s.execute(insert(table_of(RemoteGroupRow)), [_group_row(provider, group)])
 
     def put_mirror_contacts(self, s: Session, provider: str, contacts: Sequence[RemoteContact]) -> None:
         """Insert or replace mirror contacts, in a few statements (the last one per remote id wins)."""
@@ -442,7 +442,7 @@ class Store:
         for chunk in chunks(rows):
             s.execute(delete(RemoteContactRow).where(RemoteContactRow.provider == provider,
                                                      RemoteContactRow.remote_id.in_([r["remote_id"] for r in chunk])))
-            s.execute(insert(RemoteContactRow.__table__), chunk)
+            s.execute(insert(table_of(RemoteContactRow)), chunk)
 
     def record_pull(self, provider: str, run_id: int, complete: bool, error: str | None) -> None:
         with self.session() as s, s.begin():
@@ -461,7 +461,7 @@ class Store:
                  "status": e.status, "before": e.before, "after": e.after, "error": e.error, "reason": e.reason,
                  "attempts": e.attempts, "next_attempt_at": e.next_attempt_at, "fingerprint": e.fingerprint}
                 for e in entries]
-        return insert_ids(s, ChangeLogRow.__table__, rows)
+        return insert_ids(s, table_of(ChangeLogRow), rows)
 
     def settle(self, s: Session, ids: Sequence[int], status: str, *, error: str | None = None,
                remote_id: str | None = None, attempts: int | None = None, next_attempt_at: datetime | None = None,
@@ -484,7 +484,7 @@ class Store:
         rows = [{"id": entry, "status": "applied", "error": note} | ({"remote_id": rid} if rid is not None else {})
                 for entry, rid, note in settled]
         for keys in {frozenset(r) for r in rows}:  # one executemany per key set
-            update_by_id(s, ChangeLogRow.__table__, [r for r in rows if frozenset(r) == keys])
+            update_by_id(s, table_of(ChangeLogRow), [r for r in rows if frozenset(r) == keys])
 
     def retry_ledger(self, provider: str) -> Ledger:
         """The latest outbound row per record, when it is failed or rejected: to back off or wait for a change.
@@ -492,7 +492,7 @@ class Store:
         Read from the failed and rejected rows only (an index range), each
         checked to have no later settled outbound row for its record.
         """
-        row, later = ChangeLogRow, ChangeLogRow.__table__.alias("later")
+        row, later = ChangeLogRow, table_of(ChangeLogRow).alias("later")
         same_record = or_(later.c.canonical_id == row.canonical_id,
                           (row.canonical_id.is_(None)) & (later.c.remote_id == row.remote_id))
         newer = (select(later.c.id).where(

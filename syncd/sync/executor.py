@@ -22,7 +22,7 @@ import structlog
 from sqlalchemy.orm import Session
 
 from syncd.db.repo import Ledger, LedgerRow, Store
-from syncd.errors import AuthError, ProviderError, QuotaExhausted, Rejected
+from syncd.errors import AuthError, ProtocolError, ProviderError, QuotaExhausted, Rejected
 from syncd.model import NOTHING_KEPT, BaseRecord, ContactWrite, RemoteContact, RemoteGroup, WriteOutcome, fingerprint
 from syncd.providers.base import Provider
 from syncd.sync.plan import Action, Direction, Entity, Operation, log_entry, push_order
@@ -45,7 +45,8 @@ class RetryRules:
     def next_attempt(self, attempts: int, now: datetime) -> datetime:
         if attempts <= 1:
             return now
-        return now + min(self.ceiling, self.base * 2 ** (attempts - 2))
+        wait: timedelta = min(self.ceiling, self.base * 2 ** (attempts - 2))
+        return now + wait
 
 
 @dataclass
@@ -207,8 +208,8 @@ class Pusher:
 
     # -- contacts ---------------------------------------------------------------------
 
-    def _write(self, op: Operation, fields: dict[str, Any] | None = None) -> ContactWrite:
-        fields = dict(op.after if fields is None else fields)
+    def _write(self, op: Operation, fields: Mapping[str, Any] | None = None) -> ContactWrite:
+        fields = dict((op.after or {}) if fields is None else fields)
         to_remote = self._to_remote()
         groups = {to_remote[g] for g in fields.pop("groups", []) if g in to_remote}
         current = self.mirror.get(op.remote_id) if op.remote_id else None
@@ -255,7 +256,8 @@ class Pusher:
     async def _contacts_delete(self, ops: list[Operation]) -> None:
         await self._batched(ops, self.provider.delete_contacts, fields_of=lambda op: op.before or {})
 
-    async def _batched(self, ops: list[Operation], call, fields_of=None) -> None:
+    async def _batched(self, ops: list[Operation], call: Callable[[Sequence[ContactWrite]], Awaitable[list[WriteOutcome]]],
+                       fields_of: Callable[[Operation], Mapping[str, Any]] | None = None) -> None:
         size = max(1, self.batch_size)
         batches = [ops[i:i + size] for i in range(0, len(ops), size)]
         # One batch at a time keeps pending rows few; the client runs each batch's requests concurrently.
@@ -280,9 +282,13 @@ class Pusher:
             for op, entry, write, outcome in zip(ops, entries, writes, outcomes, strict=True):
                 remote_id = outcome.remote_id or op.remote_id
                 error = outcome.error or self._taken(op, remote_id, holders)
+                if error is None and remote_id is None:
+                    error = ProtocolError(f"{self.name} answered no id for {op.key}", provider=self.name,
+                                          operation=f"{op.action.value} contact", record=op.key)
                 if error is not None:
                     self._settle_error(s, op, entry, error)
                     continue
+                assert remote_id is not None
                 settled.append((entry, remote_id, outcome.note or None))
                 applied.append((op, write, remote_id))
                 self._count(op)
@@ -347,7 +353,7 @@ class Pusher:
         changes: dict[str, tuple[set[str], set[str]]] = {}
         member_ops: list[Operation] = []
         for op in ops:
-            before, after = set(op.before.get("groups", [])), set(op.after.get("groups", []))
+            before, after = set((op.before or {}).get("groups", [])), set((op.after or {}).get("groups", []))
             for gid in sorted(after - before):
                 member_ops.append(_membership_op(op, gid, Action.CREATE))
             for gid in sorted(before - after):
@@ -355,17 +361,17 @@ class Pusher:
         entries = self._pending(member_ops)
         for mop in member_ops:
             rgid = to_remote.get(mop.extra["group"])
-            if rgid is not None:
+            if rgid is not None and mop.remote_id is not None:
                 add, remove = changes.setdefault(rgid, (set(), set()))
                 (add if mop.action is Action.CREATE else remove).add(mop.remote_id)
         results = await asyncio.gather(*(self._change_group(rgid, add, remove) for rgid, (add, remove) in changes.items()))
         errors = {(rgid, cid): err for rgid, errs in results for cid, err in errs.items()}
-        failed_contacts = set()
+        failed_contacts: set[int | None] = set()
         self.fence()
         with self.store.session() as s, s.begin():
             for mop, entry in zip(member_ops, entries, strict=True):
                 rgid = to_remote.get(mop.extra["group"])
-                error = errors.get((rgid, mop.remote_id)) if rgid else Rejected(
+                error = errors.get((rgid, mop.remote_id or "")) if rgid else Rejected(
                     "the group is not linked at this provider", provider=self.name, operation="change membership")
                 if error is not None:
                     failed_contacts.add(mop.canonical_id)
@@ -373,7 +379,7 @@ class Pusher:
                 else:
                     self.store.settle(s, [entry], "applied")
             done = [op for op in ops if op.canonical_id not in failed_contacts]
-            self._record_contacts(s, [(op, self._write(op), op.remote_id) for op in done])
+            self._record_contacts(s, [(op, self._write(op), op.remote_id) for op in done if op.remote_id])
             for op in done:
                 self._count(op)
 

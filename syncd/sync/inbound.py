@@ -215,7 +215,8 @@ class InboundApplier:
         """Write a contact whose number changes now; False when the database holds the number elsewhere."""
         try:
             with s.begin_nested():  # a row the book skipped as invalid may hold the new number
-                self.store.update_contacts(s, [new], groups_changed={new.id} if new.groups != current.groups else ())
+                moved = {current.id} if new.groups != current.groups and current.id is not None else set()
+                self.store.update_contacts(s, [new], groups_changed=moved)
         except IntegrityError:
             return False
         return True
@@ -263,8 +264,8 @@ class InboundApplier:
                 if cid in contact.groups:
                     self.contacts[contact_id] = replace(contact, groups=contact.groups - {cid})
         else:
-            contact = self.contacts.get(cid)
-            if contact is not None and contact.opted_out:
+            kept = self.contacts.get(cid)
+            if kept is not None and kept.opted_out:
                 self._unlink(s, op)
                 return [log_entry(op, self.name, "skipped",
                                  error="opted out: kept in the canonical book so the opt-out is not lost")]
@@ -315,7 +316,8 @@ class InboundApplier:
         pending, self._pending = self._pending, _Pending()
         self.store.delete_contacts(s, pending.deletes)
         updates = list(pending.updates.values())
-        self.store.update_contacts(s, [c for c, _ in updates], groups_changed={c.id for c, moved in updates if moved})
+        self.store.update_contacts(s, [c for c, _ in updates],
+                                   groups_changed={c.id for c, moved in updates if moved and c.id is not None})
         self._write_creates(s, pending.creates)
         self._write_links(s)
 

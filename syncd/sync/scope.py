@@ -156,6 +156,6 @@ class Scope:
         for cid in cids:
             part(component(cid))[0].add(cid)
         for rid in rids:
-            cid = canonical_of.get(rid)
-            part(component(cid) if cid is not None else keys.get(rid, f"@{rid}"))[1].add(rid)
+            linked = canonical_of.get(rid)
+            part(component(linked) if linked is not None else keys.get(rid, f"@{rid}"))[1].add(rid)
         return parts
