@@ -131,6 +131,11 @@ Private to the engine; readable, but not an interface.
     depend on: when it changes, the next run is a full one), ``full_at``
     (the last full run), ``run_id`` (the run that moved it there). The row
     ``*`` holds the journal's pruned start.
+``opt_outs`` — opt-outs providers reported, remembered by number
+    ``phone`` (key, E.164), ``provider`` and ``origin`` (how it got there:
+    smsend's ``STOPSMS``/``WEB``/``API``, SendHub's ``STOP``), ``listed_at``
+    (when the provider recorded it, when it says), ``recorded_at``. A number
+    the book does not hold yet starts opted out once it is added.
 ``sync_leases`` — which replica syncs which account (design §7)
     ``provider`` (key: the account name), ``owner`` (``host:pid:uuid``),
     ``host``, ``pid``, ``acquired_at``, ``expires_at``, ``generation`` (the
@@ -176,6 +181,7 @@ from sqlalchemy.types import TypeDecorator
 __all__ = [
     "NAMING_CONVENTION",
     "Base",
+    "OptOutRow",
     "ChangeLogRow",
     "ContactRow",
     "EMPTY",
@@ -486,3 +492,16 @@ class SyncPositionRow(Base):
     settings: Mapped[str] = mapped_column(String(64), nullable=False)
     full_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     run_id: Mapped[int | None] = mapped_column(Integer)
+
+
+class OptOutRow(Base):
+    """An opt-out a provider reported (table ``opt_outs``)."""
+
+    __tablename__ = "opt_outs"
+    __table_args__ = (Index(None, "provider", "listed_at"),)
+
+    phone: Mapped[str] = mapped_column(String(32), primary_key=True)
+    provider: Mapped[str] = mapped_column(Text, nullable=False)
+    origin: Mapped[str] = mapped_column(Text, nullable=False)
+    listed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    recorded_at: Mapped[datetime] = _now_column()

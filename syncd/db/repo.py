@@ -18,6 +18,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, LargeBinary, String, cast, delete, func, insert, or_, select, type_coerce, update
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from syncd.db import journal
@@ -29,6 +31,7 @@ from syncd.db.models import (
     GroupMemberRow,
     GroupRow,
     LinkRow,
+    OptOutRow,
     PullStateRow,
     RemoteContactRow,
     RemoteGroupRow,
@@ -443,6 +446,38 @@ class Store:
             s.execute(delete(RemoteContactRow).where(RemoteContactRow.provider == provider,
                                                      RemoteContactRow.remote_id.in_([r["remote_id"] for r in chunk])))
             s.execute(insert(table_of(RemoteContactRow)), chunk)
+
+    # -- opt-outs ----------------------------------------------------------------
+
+    def opt_outs_since(self, provider: str) -> datetime | None:
+        """When the newest opt-out ``provider`` listed was recorded there (None: none remembered yet)."""
+        o = OptOutRow
+        with self.session() as s:
+            latest: datetime | None = s.execute(select(func.max(o.listed_at)).where(o.provider == provider)).scalar()
+        return latest
+
+    def remember_opt_outs(self, s: Session, provider: str, entries: Iterable[tuple[str, str, datetime | None]]) -> None:
+        """Keep ``(phone, origin, listed at)`` opt-outs of ``provider``; a number already kept keeps its first one."""
+        rows = [{"phone": phone, "provider": provider, "origin": origin, "listed_at": at} for phone, origin, at in
+                dict((phone, (phone, origin, at)) for phone, origin, at in entries).values()]
+        dialect = s.get_bind().dialect.name
+        insert_ = postgresql_insert if dialect == "postgresql" else sqlite_insert
+        for chunk in chunks(rows):
+            s.execute(insert_(table_of(OptOutRow)).on_conflict_do_nothing(index_elements=["phone"]), chunk)
+
+    def apply_opt_outs(self) -> list[tuple[int, str, str, str]]:
+        """Opt every canonical contact out whose number a provider reported opted out (sticky).
+
+        Answers ``(canonical id, phone, provider, origin)`` of each contact opted
+        out now: those a new opt-out names, and numbers the book took in since.
+        """
+        c, o = ContactRow, OptOutRow
+        with self.writing() as s:
+            changed = s.execute(update(c).where(c.opted_out.is_(False), c.phone.in_(select(o.phone)))
+                                .values(opted_out=True).returning(c.id, c.phone)).all()
+            origins = {phone: (provider, origin) for phone, provider, origin in rows_in(
+                s, select(o.phone, o.provider, o.origin), o.phone, {phone for _, phone in changed})}
+        return [(cid, phone, *origins[phone]) for cid, phone in changed]
 
     def record_pull(self, provider: str, run_id: int, complete: bool, error: str | None) -> None:
         with self.session() as s, s.begin():

@@ -26,6 +26,8 @@ from syncd.sync.scope import Window
 __all__ = ["InboundApplier", "Touched"]
 
 CHUNK = 1000
+#: The origin of an opt-out a provider shows on the contact itself (SendHub's ``blocked``: the person texted STOP).
+STOP = "STOP"
 _ATTRIBUTES = ("phone", "name", "surname", "email", "extra")  # what a provider's inbound update may change
 
 Touched = dict[int, dict[str, str]]
@@ -121,6 +123,8 @@ class InboundApplier:
                           attrs.get("extra", {}), bool(op.extra.get("opted_out")),
                           frozenset(g for g in (op.after or {}).get("groups", []) if g in self.book.groups))
         self._pending.creates.append((op, contact))
+        if contact.opted_out:
+            self.store.remember_opt_outs(s, self.name, [(contact.phone, STOP, None)])
         return []  # logged when the chunk's creates are written (see _write_creates)
 
     def _created(self, s: Session, op: Operation, cid: int) -> list[ChangeEntry]:
@@ -185,6 +189,7 @@ class InboundApplier:
         current = self._pending.updates.get(cid, (self.contacts[cid], False))[0]
         if op.extra.get("opt_out"):
             new = replace(current, opted_out=True)
+            self.store.remember_opt_outs(s, self.name, [(current.phone, STOP, None)])
         else:
             attrs = self.provider.to_canonical(_without_meta(op.after), current)
             groups = frozenset(g for g in (op.after or {}).get("groups", []) if g in self.book.groups)

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -56,6 +57,10 @@ log = structlog.get_logger("syncd.run")
 ENGINE_VERSION = 2
 #: Operations a real run keeps in its report (all of them in a dry run, which prints them).
 PLAN_SAMPLE = 1000
+#: An incremental read of a provider's opt-outs starts this long before the newest one it holds,
+#: so that an entry recorded on the boundary (or with a clock a little off) is not missed.
+OPT_OUT_OVERLAP = timedelta(minutes=10)
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 
 
 @dataclass
@@ -68,6 +73,7 @@ class ProviderReport:
     complete: bool = False
     full: bool = False  # this run reconciled every record of the account
     counts: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # what went wrong without failing the account
     plan: list[Operation] = field(default_factory=list)  # the planned operations (a sample in a real run)
     changes: int = 0  # planned operations that change a side (``Operation.is_change``)
     requests: int = 0  # HTTP requests sent to the account (retries included), for metrics
@@ -83,7 +89,8 @@ class ProviderReport:
                 self.plan.append(op)
 
     def summary(self) -> dict[str, Any]:
-        return {"status": self.status, "error": self.error, **self.counts}
+        warnings = {"warnings": self.warnings} if self.warnings else {}
+        return {"status": self.status, "error": self.error, **warnings, **self.counts}
 
 
 @dataclass
@@ -211,6 +218,7 @@ class Run:
         start = store.journal_position()
         positions = store.positions()
         await _all(self._pull(a) for a in self.accounts)
+        self._apply_opt_outs()
         groups, invalid_groups = store.load_groups()
         self.book = Book({}, groups, invalid_groups=invalid_groups)
         self.open_invalid = store.invalid_open()
@@ -334,6 +342,8 @@ class Run:
                 gone = set(known)  # listed last time, not this time
             else:
                 gone = set()
+            if a.client.capabilities.list_opt_outs:
+                await self._read_opt_outs(a)
         except (ProviderError, Unsupported) as exc:
             self._pull_failed(a, str(exc))
             return
@@ -350,6 +360,45 @@ class Run:
         a.report.counts["pulled"] = len(a.groups) + contacts
         store.record_pull(name, self.run_id, True, None)
         log.info("pull.done", provider=name, groups=len(a.groups), contacts=contacts)
+
+    async def _read_opt_outs(self, a: _Account) -> None:
+        """The opt-outs the provider lists on its own (smsend's blacklist), since the newest it listed before.
+
+        An answer that cannot be read leaves the opt-outs unread for this run,
+        says so, and fails nothing else: it is never taken for "nobody opted out".
+        """
+        since = self.store.opt_outs_since(a.name)
+        entries: list[tuple[str, str, datetime | None]] = []
+        try:
+            async for page in a.client.opt_outs(since - OPT_OUT_OVERLAP if since is not None else None):
+                entries.extend((o.phone, o.origin, o.at) for o in page if _E164.fullmatch(o.phone))
+        except ProviderError as exc:
+            a.report.warnings.append(f"opt-outs not read: {exc}")
+            log.error("opt_outs.unreadable", provider=a.name, error=str(exc))
+            return
+        with self.store.writing() as s:
+            self.store.remember_opt_outs(s, a.name, entries)
+        a.report.counts["opt_outs_listed"] = len(entries)
+
+    def _apply_opt_outs(self) -> None:
+        """Canonical contacts whose number a provider listed as opted out: opted out here too (sticky), logged."""
+        changed = self.store.apply_opt_outs()
+        if not changed:
+            return
+        reports = {a.name: a.report for a in self.accounts}
+        entries = []
+        for cid, phone, provider, origin in changed:
+            self.touched.setdefault(cid, {})["opted_out"] = provider
+            op = Operation(Action.UPDATE, Entity.CONTACT, Direction.INBOUND, f"opted out at {provider} ({origin})",
+                           canonical_id=cid, key=phone, before={"opted_out": False}, after={"opted_out": True},
+                           extra={"opt_out": True, "origin": origin})
+            entries.append(log_entry(op, provider, "applied"))
+            if provider in reports:
+                reports[provider].planned([op])
+                reports[provider].counts["updated_in"] = reports[provider].counts.get("updated_in", 0) + 1
+        with self.store.session() as s, s.begin():
+            self.store.log(s, self.run_id, entries)
+        log.info("opt_outs.applied", contacts=len(changed))
 
     def _pull_failed(self, a: _Account, error: str) -> None:
         a.report.status, a.report.error = "failed", error

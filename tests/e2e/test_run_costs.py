@@ -90,7 +90,9 @@ def test_a_run_with_nothing_to_do_costs_only_the_listing(world: World, costs: Co
                   for kind, counts in served.items()}
         assert writes == {"sendhub": 0, "smsend": 0}, (run, served)
         assert served["sendhub"]["GET /v1/contacts"] == math.ceil((CONTACTS + 1) / PAGE_LIMIT), (run, served)
-        assert sum(served["sendhub"].values()) == 2 and sum(served["smsend"].values()) == 1, (run, served)
+        # SendHub: its contacts page and its groups page; smsend: its groups page and its blacklist page
+        assert sum(served["sendhub"].values()) == 2 and sum(served["smsend"].values()) == 2, (run, served)
+        assert served["smsend"]["GET /API/v1.0/REST/blacklist/sms"] == 1, (run, served)
         # Nothing unchanged is parsed, validated, loaded or reconciled.
         assert costs.calls["SendHub contacts parsed"] == 0, (run, costs.calls)
         assert costs.calls["phone parses"] == 0, (run, costs.calls)
