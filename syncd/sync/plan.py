@@ -140,8 +140,14 @@ def guard(
 
 def log_entry(op: Operation, provider: str, status: str, *, error: str | None = None, attempts: int = 0,
               next_attempt_at: datetime | None = None, fingerprint: str | None = None) -> ChangeEntry:
-    """The change-log row of ``op`` at ``provider`` (a conflict keeps both versions in ``before``)."""
-    before = {"local": op.local, "remote": op.remote} if op.action is Action.CONFLICT else op.before
+    """The change-log row of ``op`` at ``provider``.
+
+    A conflict keeps both versions in ``before`` (``local``, ``remote``), with the
+    ``fields`` both sides changed (none for a deletion against a change).
+    """
+    before = op.before
+    if op.action is Action.CONFLICT:
+        before = {"local": op.local, "remote": op.remote, "fields": list(op.extra.get("fields", []))}
     canonical_id = op.canonical_id if op.canonical_id is not None and op.canonical_id > 0 else None
     return ChangeEntry(provider, op.entity.value, op.action.value, op.direction.value, status, op.reason,
                        canonical_id, op.remote_id, before, op.after, error, attempts, next_attempt_at, fingerprint)
