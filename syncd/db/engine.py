@@ -124,6 +124,10 @@ def _install_sqlite_hooks(engine: Engine, *, in_memory: bool, busy_timeout_ms: i
             if not in_memory:
                 # Readers never block the writer, nor the writer readers.
                 _enable_wal(cursor)
+                # In WAL mode NORMAL syncs at checkpoints, not at every commit: a commit survives
+                # the process being killed (crash safety is about that); only a power cut or an OS
+                # crash may take the last transactions back, never corrupt the file.
+                cursor.execute("PRAGMA synchronous = NORMAL")
         finally:
             cursor.close()
 

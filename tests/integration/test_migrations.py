@@ -348,11 +348,12 @@ def test_sqlite_engine_is_set_up_for_several_processes(tmp_path: Path) -> None:
         with engine.connect() as connection:
             pragmas = {
                 name: connection.exec_driver_sql(f"PRAGMA {name}").scalar_one()
-                for name in ("foreign_keys", "journal_mode", "busy_timeout")
+                for name in ("foreign_keys", "journal_mode", "busy_timeout", "synchronous")
             }
     finally:
         engine.dispose()
-    assert pragmas == {"foreign_keys": 1, "journal_mode": "wal", "busy_timeout": 30000}
+    # synchronous 1 = NORMAL: a WAL commit survives the process's death (kill -9) without an fsync each
+    assert pragmas == {"foreign_keys": 1, "journal_mode": "wal", "busy_timeout": 30000, "synchronous": 1}
     assert path.exists()
 
 
