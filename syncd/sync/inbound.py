@@ -47,17 +47,17 @@ class InboundApplier:
     """Applies one provider's inbound operations, a window (or the groups) at a time."""
 
     def __init__(self, store: Store, run_id: int, book: Book, group_links: dict[int, BaseRecord],
-                 provider: Provider, touched: Touched, counts: dict[str, int]) -> None:
+                 provider: Provider, touched: Touched, touched_by: dict[int, set[str]],
+                 counts: dict[str, int]) -> None:
         self.store, self.run_id, self.book = store, run_id, book
         self.provider, self.name = provider, provider.name
-        self.touched, self.counts = touched, counts
+        self.touched, self.touched_by, self.counts = touched, touched_by, counts
         self.open_conflicts = store.open_conflicts(provider.name)
         self.links: dict[str, dict[int, BaseRecord]] = {"group": group_links, "contact": {}}
         self.contacts: dict[int, Contact] = {}
         self.invalid: set[int] = set()
         self.by_remote: dict[str, dict[str, int]] = {}
         self.done = 0  # operations applied so far (progress)
-        self.touched_remote: set[str] = set()  # remote contacts of this account an applied operation concerned
         self._links_due: list[tuple[str, int, str, dict[str, Any]]] = []  # written per chunk: see _write_links
         self._pending = _Pending()
         self._entries: list[ChangeEntry] = []
@@ -92,11 +92,8 @@ class InboundApplier:
             self.done += len(chunk)
 
     def _apply_one(self, s: Session, op: Operation) -> list[ChangeEntry]:
-        if op.entity is Entity.CONTACT:  # its record may be out of step in a new way (a link dropped, say)
-            if op.remote_id is not None:
-                self.touched_remote.add(op.remote_id)
-            if op.canonical_id is not None and op.canonical_id > 0:
-                self.touched.setdefault(op.canonical_id, {})
+        if op.entity is Entity.CONTACT and op.canonical_id is not None and op.canonical_id > 0:
+            self._touch(op.canonical_id)
         handler = {
             Action.CREATE: self._create, Action.UPDATE: self._update, Action.DELETE: self._delete,
             Action.LINK: self._link, Action.CONFLICT: self._conflict, Action.UNLINK: self._unlink,
@@ -130,7 +127,7 @@ class InboundApplier:
     def _created(self, s: Session, op: Operation, cid: int) -> list[ChangeEntry]:
         self._set_link(op.entity, cid, op.remote_id, op.after or {})
         if op.entity is Entity.CONTACT:
-            self.touched.setdefault(cid, {})
+            self._touch(cid)
         self._count(op)
         return [log_entry(replace(op, canonical_id=cid), self.name, "applied")]
 
@@ -250,7 +247,7 @@ class InboundApplier:
     def _cross_provider_clash(self, current: Contact, new: Contact) -> list[str]:
         """Attributes another provider already changed differently in this run (first provider wins)."""
         assert current.id is not None
-        seen = self.touched.setdefault(current.id, {})
+        seen = self._touch(current.id)
         changed = [attr for attr in _ATTRIBUTES if getattr(new, attr) != getattr(current, attr)]
         clash = [attr for attr in changed if seen.get(attr, self.name) != self.name]
         if not clash:
@@ -280,7 +277,7 @@ class InboundApplier:
             if gone is not None:
                 self._phones.pop(gone.phone, None)
             self._gone.add(cid)
-            self.touched.setdefault(cid, {})
+            self._touch(cid)
         self._unlink(s, op)
         self._count(op)
         return [log_entry(op, self.name, "applied")]
@@ -369,6 +366,11 @@ class InboundApplier:
         due, self._links_due = self._links_due, []
         for entity in dict.fromkeys(e for e, *_ in due):
             self.store.set_links(s, self.name, entity, [(cid, rid, base) for e, cid, rid, base in due if e == entity])
+
+    def _touch(self, cid: int) -> dict[str, str]:
+        """Note that this provider's inbound changed contact ``cid``; its attributes changed so far this run."""
+        self.touched_by.setdefault(cid, set()).add(self.name)
+        return self.touched.setdefault(cid, {})
 
     def _count(self, op: Operation) -> None:
         key = {"create": "created_in", "update": "updated_in", "delete": "deleted_in"}.get(op.action.value)

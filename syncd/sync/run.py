@@ -128,6 +128,7 @@ class _Account:
     out_of_step: set[int] = field(default_factory=set)  # journalled for the next run
     out_of_step_remote: set[str] = field(default_factory=set)
     finished: bool = False  # reconciled to the end: its position may move
+    reconciled: bool = False  # its inbound phase reconciled its seeds; ``seeds`` now holds what is left
 
     @property
     def name(self) -> str:
@@ -185,6 +186,7 @@ class Run:
         self.run_id = 0
         self.book = Book({}, {})
         self.touched: Touched = {}  # canonical contacts changed by inbound operations this run
+        self.touched_by: dict[int, set[str]] = {}  # ... and the providers whose inbound changed them
         self.open_invalid: dict[tuple[str, int], str] = {}
         self._reported_invalid: list[tuple[int, str, str]] = []
         self.revisit: set[int] = set()  # canonical rows read again whatever changed (see _steps)
@@ -389,6 +391,7 @@ class Run:
         entries = []
         for cid, phone, provider, origin in changed:
             self.touched.setdefault(cid, {})["opted_out"] = provider
+            self.touched_by.setdefault(cid, set()).add(provider)
             op = Operation(Action.UPDATE, Entity.CONTACT, Direction.INBOUND, f"opted out at {provider} ({origin})",
                            canonical_id=cid, key=phone, before={"opted_out": False}, after={"opted_out": True},
                            extra={"opt_out": True, "origin": origin})
@@ -462,7 +465,7 @@ class Run:
     # -- inbound -----------------------------------------------------------------------------------
 
     def _applier(self, a: _Account) -> InboundApplier:
-        return InboundApplier(self.store, self.run_id, self.book, a.group_links, a.client, self.touched,
+        return InboundApplier(self.store, self.run_id, self.book, a.group_links, a.client, self.touched, self.touched_by,
                               a.report.counts)
 
     def _inbound_groups(self, a: _Account) -> None:
@@ -481,9 +484,17 @@ class Run:
         a.seeds.add(contacts=self.store.canonical_members(gids), remote=self.store.mirror_members(a.name, rgids))
 
     def _inbound_contacts(self, a: _Account) -> None:
+        """Apply the inbound operations of the account's scope, window by window.
+
+        Each window is planned again in memory once its operations are applied:
+        what that plan still holds is all the push must look at of these records
+        (unless another provider's inbound changes them), so even a full run
+        reconciles each record once per phase, not twice.
+        """
         applier = self._applier(a)
         parts = self._parts(a)
         deferred = _Deferred()
+        left = Seeds()
         for part in parts:
             window = self._load(a, part)
             ops = [op for op in self._plan_contacts(a, window)
@@ -494,25 +505,33 @@ class Run:
                 ops = self._guard(a, Entity.CONTACT, ops)
             a.report.planned(ops)
             applier.apply(ops, window)
+            again = self._plan_contacts(a, window)  # the window as its inbound operations left it
             if a.settings.mode == "pull":
-                self._note_out_of_step(a, window, self._plan_contacts(a, window))
+                self._note_out_of_step(a, window, again)
+            _add_records(left, again)
             self.progress.update(f"{a.name}: reconcile", applier.done)
         if deferred.ops:
             ops = self._guard(a, Entity.CONTACT, deferred.ops)
             a.report.planned(ops)
             applier.apply(ops, deferred.window)
-        a.seeds.add(remote=applier.touched_remote)  # the push reconciles them again, as they are now
+            _add_records(left, ops)
+        a.seeds, a.reconciled = left, True
         if a.settings.mode == "pull":
             a.finished = True
 
     def _parts(self, a: _Account) -> list[Part]:
+        """The account's scope now: its seeds, and the contacts inbound operations changed this run
+        (once its own inbound phase reconciled its seeds, only those other providers changed)."""
         seeds = a.seeds
-        if not seeds.everything and self.touched:
-            seeds = Seeds(seeds.contacts | self.touched.keys(), set(seeds.remote))
+        if not seeds.everything and self.touched_by:
+            changed = {cid for cid, by in self.touched_by.items() if not a.reconciled or by - {a.name}}
+            seeds = Seeds(seeds.contacts | changed, set(seeds.remote))
         return self._scope(a).parts(seeds)
 
     def _load(self, a: _Account, part: Part) -> Window:
         window = self._scope(a).load(part)
+        log.debug("scope.window", provider=a.name, contacts=len(window.contacts), links=len(window.links),
+                  mirror=len(window.mirror))
         self._report_invalid(window.invalid, [], loaded={*window.contacts, *(cid for cid, _, _ in window.invalid)})
         return window
 
@@ -679,6 +698,12 @@ async def _all(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
     for result in await asyncio.gather(*coros, return_exceptions=True):
         if isinstance(result, BaseException):
             raise result
+
+
+def _add_records(seeds: Seeds, ops: Iterable[Operation]) -> None:
+    """The records of ``ops`` (canonical and remote ids) added to ``seeds``."""
+    seeds.add(contacts=[op.canonical_id for op in ops if op.canonical_id is not None and op.canonical_id > 0],
+              remote=[op.remote_id for op in ops if op.remote_id is not None])
 
 
 def _run_status(reports: list[ProviderReport]) -> str:
