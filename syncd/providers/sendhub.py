@@ -75,7 +75,6 @@ import orjson
 from syncd.config import ProviderSettings
 from syncd.errors import (
     AuthError,
-    ConfigError,
     NotFound,
     ProtocolError,
     ProviderError,
@@ -351,8 +350,7 @@ class SendHubProvider:
         transport: httpx.AsyncBaseTransport | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
-        if not settings.username or settings.api_key is None:
-            raise ConfigError([f"provider {settings.name!r}: sendhub needs username and api_key"])
+        credentials = settings.credentials  # config's check; ConfigError when there is none
         self.name = settings.name
         self.capabilities = Capabilities(
             list_contacts=True,
@@ -366,8 +364,8 @@ class SendHubProvider:
             group_fields=frozenset({"name"}),  # SendHub groups have no description
         )
         self.default_region = default_region
-        self._secret = settings.api_key.get()
-        self._auth = {"username": settings.username, "api_key": self._secret}
+        self._secret = credentials.secret.get()
+        self._auth = {"username": credentials.identity, "api_key": self._secret}
         self._batch_size = max(1, settings.batch_size)
         self._write_slots = asyncio.Semaphore(max(1, settings.max_concurrency))
         self._quota: QuotaExhausted | None = None

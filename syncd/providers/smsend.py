@@ -40,7 +40,8 @@ Every contact field is sent on each upsert, empty ones as ``""`` (the documented
 default), because the upsert overwrites only the fields present: leaving a
 field out would never clear it at smsend.
 
-Authentication, in order of preference: ``user_key`` + ``access_token``
+Authentication, with the credential set the configuration chose
+(:attr:`~syncd.config.ProviderSettings.credentials`): ``user_key`` + ``access_token``
 (headers ``user_key`` and ``Access_token``); ``username`` + ``password``
 (``GET /login`` answers ``USER_KEY;SESSION_KEY``, then headers ``user_key`` and
 ``Session_key``; a session expires after 5 idle minutes, so a 401 triggers one
@@ -73,10 +74,9 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 import structlog
 
-from syncd.config import ProviderSettings
+from syncd.config import CredentialSet, ProviderSettings
 from syncd.errors import (
     AuthError,
-    ConfigError,
     ProtocolError,
     ProviderError,
     QuotaExhausted,
@@ -297,7 +297,7 @@ class SmsendProvider:
         self.settings = settings
         self.default_region = default_region
         self.batch_size = max(1, min(settings.batch_size, MAX_BATCH))
-        self._mode = _auth_mode(settings)
+        self._credentials = settings.credentials  # config's choice; ConfigError when there is none
         self._http = HttpSession.for_account(settings, error_mapper=_make_error_mapper(settings.secrets()),
                                              retry=retry, transport=transport)
         self._headers: dict[str, str] | None = None
@@ -350,22 +350,19 @@ class SmsendProvider:
         return self._headers, self._generation
 
     async def _first_headers(self) -> dict[str, str]:
-        s = self.settings
-        if self._mode == "access_token":
-            assert s.user_key and s.access_token
-            return {"user_key": s.user_key, "Access_token": s.access_token.get()}
-        if self._mode == "session_key":
-            assert s.user_key and s.session_key
-            return {"user_key": s.user_key, "Session_key": s.session_key.get()}
+        creds = self._credentials
+        if creds.kind is CredentialSet.ACCESS_TOKEN:
+            return {"user_key": creds.identity, "Access_token": creds.secret.get()}
+        if creds.kind is CredentialSet.SESSION_KEY:
+            return {"user_key": creds.identity, "Session_key": creds.secret.get()}
         return await self._login()
 
     async def _login(self) -> dict[str, str]:
         """``GET /login``: a fresh session. The password travels in the query, never into a message."""
-        s = self.settings
-        assert s.username and s.password
+        username, password = self._credentials.identity, self._credentials.secret
         response = await self._http.request(
-            "GET", "/login", operation="login", record=s.username,
-            params={"username": s.username, "password": s.password.get()},
+            "GET", "/login", operation="login", record=username,
+            params={"username": username, "password": password.get()},
         )
         user_key, sep, session_key = response.text.strip().partition(";")
         # Both keys become header values: only visible ASCII can travel there (httpx refuses the rest).
@@ -373,10 +370,10 @@ class SmsendProvider:
             # Never quote the body: it may hold a session key.
             raise ProtocolError(
                 f"GET /login answered a {len(response.text)}-character body that is not 'USER_KEY;SESSION_KEY'",
-                provider=self.name, operation="login", record=s.username, status=response.status_code,
+                provider=self.name, operation="login", record=username, status=response.status_code,
             )
         self._generation += 1
-        log.info("smsend.login", provider=self.name, username=s.username)
+        log.info("smsend.login", provider=self.name, username=username)
         return {"user_key": user_key, "Session_key": session_key}
 
     async def _relogin(self, seen_generation: int) -> dict[str, str]:
@@ -388,7 +385,7 @@ class SmsendProvider:
             return self._headers
 
     def _explain_refusal(self, error: AuthError) -> AuthError:
-        if self._mode != "session_key" or error.status != 401:
+        if self._credentials.kind is not CredentialSet.SESSION_KEY or error.status != 401:
             return error
         hint = ("the session key was refused (a session key expires after 5 idle minutes); configure "
                 "access_token, or username and password so syncd can log in by itself")
@@ -406,7 +403,7 @@ class SmsendProvider:
         try:
             return await self._http.request(method, path, headers=headers, **send)
         except AuthError as error:
-            if self._mode != "login" or error.status != 401:
+            if self._credentials.kind is not CredentialSet.PASSWORD or error.status != 401:
                 raise self._explain_refusal(error) from None
         headers = await self._relogin(generation)
         return await self._http.request(method, path, headers=headers, **send)
@@ -874,17 +871,6 @@ def _group_id_from(locations: Sequence[str], base_url: str) -> str | None:
     if group_id in ("", ".", "..") or any(c == "/" or not c.isprintable() for c in group_id):
         return None
     return group_id
-
-
-def _auth_mode(settings: ProviderSettings) -> str:
-    if settings.user_key and settings.access_token:
-        return "access_token"
-    if settings.username and settings.password:
-        return "login"
-    if settings.user_key and settings.session_key:
-        return "session_key"
-    raise ConfigError([f"providers.{settings.name}: smsend needs user_key with access_token, username with "
-                       "password, or user_key with session_key"])
 
 
 def _raise_account_error(outcomes: Iterable[WriteOutcome]) -> None:
