@@ -6,13 +6,13 @@
     ├── LeaseLost              this replica no longer holds the provider's lease
     └── ProviderError          anything a provider account did or said
         ├── AuthError          credentials refused (401/404 on login); permanent for the run
-    │   └── TlsError       the provider's TLS certificate failed verification
+        │   └── TlsError       the provider's TLS certificate failed verification
         ├── QuotaExhausted     SendHub 420: stop writing to the account for this run
         ├── Rejected           the provider refused a record (field, reason); permanent until it changes
         ├── NotFound           the record does not exist at the provider
         ├── Unsupported        the provider's documented API cannot do this
         ├── ProtocolError      a response syncd cannot read (malformed body, missing header…)
-        ├── UnknownOutcome     a non-idempotent write whose response was lost
+        ├── UnknownOutcome     a non-idempotent write whose response was lost (the client settles it)
         └── TransientError     timeouts, connection errors, 5xx: worth retrying later
             └── RateLimited    429; ``retry_after`` seconds when the provider said
 
