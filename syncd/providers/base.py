@@ -97,9 +97,6 @@ class Provider(Protocol):
         complete listing it holds the contacts that are gone.
         """
 
-    async def find_contact(self, phone: str) -> RemoteContact | None:
-        """The contact with this E.164 number, if the provider can look it up."""
-
     def opt_outs(self, since: datetime | None = None) -> AsyncIterator[list[OptOut]]:
         """Opt-outs recorded at the provider (at or after ``since``), one list per page.
 

@@ -10,7 +10,9 @@ adds what the providers need around it:
   errors, 5xx and 429 (waiting what ``Retry-After`` or the client's
   ``retry_after`` hook says), within a bounded total budget;
 * no automatic retry of a non-idempotent request whose outcome is unknown:
-  that becomes :class:`~syncd.errors.UnknownOutcome` for the engine to resolve;
+  that becomes :class:`~syncd.errors.UnknownOutcome`, and the client that sent
+  it knows what a second try must look like (SendHub links the contact its
+  re-sent create finds "already in your contacts");
 * no retry either of a server whose TLS certificate fails verification:
   that is :class:`~syncd.errors.TlsError` at once;
 * the one place httpx exceptions and HTTP statuses become

@@ -34,9 +34,10 @@ Behaviour worth knowing:
   when SendHub reports ``total_count``, a listing that changed while paging is a
   :class:`~syncd.errors.ProtocolError` (an incomplete pull must not pass).
 * a contact create is not idempotent: a lost response is
-  :class:`~syncd.errors.UnknownOutcome`, which the engine resolves with
-  :meth:`SendHubProvider.find_contact`. A create for a number SendHub already
-  holds links the existing contact instead.
+  :class:`~syncd.errors.UnknownOutcome` for that write, not re-sent on the
+  spot. The client settles it when the write is tried again: SendHub answers a
+  create for a number it already holds with "already in your contacts", and the
+  client links that contact (looked up by number) instead of creating another.
 * a group create *is* re-sent after a lost response: group names are unique
   at SendHub, so the re-send answers "Duplicate group name." and the existing
   group is looked up by name.
@@ -669,7 +670,7 @@ class SendHubProvider:
         """Every contact, one list per page of up to 1000 (see :meth:`Provider.contacts` for ``known``)."""
         return self._pages("/contacts/", "list contacts", self.parse_contact, known=known)
 
-    async def find_contact(self, phone: str) -> RemoteContact | None:
+    async def _contact_with_number(self, phone: str) -> RemoteContact | None:
         """The contact with this number (SendHub's exact ``number=`` filter), lowest id first."""
         number = self._phone(phone)
         found: list[RemoteContact] = []
@@ -768,7 +769,7 @@ class SendHubProvider:
         except Rejected as error:
             if _DUPLICATE_NUMBER not in error.reason.lower():
                 raise
-            existing = await self.find_contact(write.phone)
+            existing = await self._contact_with_number(write.phone)
             if existing is None:
                 raise
             return WriteOutcome(ref=write.ref, remote_id=existing.remote_id, note="linked existing contact")

@@ -519,10 +519,6 @@ class SmsendProvider:
         raise Unsupported("smsend's API has no contact listing; its contacts are outbound only",
                           provider=self.name, operation="list contacts")
 
-    async def find_contact(self, phone: str) -> RemoteContact | None:
-        """None: smsend has no lookup by number, and its upsert makes one unnecessary."""
-        return None
-
     # -- opt-outs: the SMS blacklist ----------------------------------------
 
     async def opt_outs(self, since: datetime | None = None) -> AsyncIterator[list[OptOut]]:
