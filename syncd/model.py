@@ -31,7 +31,6 @@ __all__ = [
     "NOTHING_KEPT",
     "Contact",
     "ContactWrite",
-    "FieldValue",
     "Fields",
     "Group",
     "OptOut",
@@ -42,9 +41,6 @@ __all__ = [
     "fingerprint",
     "group_key",
 ]
-
-FieldValue: TypeAlias = str | bool | int | list[Any] | None
-"""A projected field value: JSON-serialisable. Group sets are sorted lists."""
 
 Fields: TypeAlias = Mapping[str, Any]
 """Projected field values of one record, in one provider's field space."""

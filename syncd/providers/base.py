@@ -28,8 +28,6 @@ class Capabilities:
     ``contact_id_is_phone``
         The provider's write path is keyed by phone number (smsend's upsert), so
         the E.164 number serves as the remote id and a create can never duplicate.
-    ``update_contacts`` / ``delete_contacts``
-        Whether contacts can be updated / deleted at all.
     ``member_changes``
         Memberships change through a per-group add/remove call (SendHub); when
         False, memberships travel with the contact write (smsend's ``groupIds``).
@@ -47,8 +45,6 @@ class Capabilities:
 
     list_contacts: bool
     contact_id_is_phone: bool
-    update_contacts: bool
-    delete_contacts: bool
     member_changes: bool
     opt_out_outbound: bool
     contact_fields: frozenset[str]

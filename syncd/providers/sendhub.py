@@ -356,8 +356,6 @@ class SendHubProvider:
         self.capabilities = Capabilities(
             list_contacts=True,
             contact_id_is_phone=False,
-            update_contacts=True,
-            delete_contacts=True,
             member_changes=True,
             opt_out_outbound=False,
             # Plus any custom field not in RESERVED: SendHub stores every extra key.
