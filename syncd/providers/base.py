@@ -9,13 +9,13 @@ others. Errors are :mod:`syncd.errors` ``ProviderError`` subclasses only.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from syncd.model import NOTHING_KEPT, Contact, ContactWrite, Fields, OptOut, RemoteContact, RemoteGroup, WriteOutcome
 
-__all__ = ["Capabilities", "MembershipOutcome", "Provider"]
+__all__ = ["Capabilities", "MembershipOutcome", "Provider", "RequestStats"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +52,20 @@ class Capabilities:
     list_opt_outs: bool = False
 
 
+@dataclass(slots=True)
+class RequestStats:
+    """Requests one account's client has sent, counted by its HTTP session.
+
+    ``requests`` counts every attempt, ``retries`` those that repeated an
+    earlier one, ``by_endpoint`` attempts per ``METHOD /path``. The run report,
+    the metrics endpoint and the benchmarks read them.
+    """
+
+    requests: int = 0
+    retries: int = 0
+    by_endpoint: dict[str, int] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True)
 class MembershipOutcome:
     """Per-id results of one membership change call: failed ids map to their error."""
@@ -67,6 +81,10 @@ class Provider(Protocol):
 
     name: str
     capabilities: Capabilities
+
+    @property
+    def stats(self) -> RequestStats:
+        """The requests this client has sent so far (read after a run, for its report)."""
 
     # -- mapping (pure) ---------------------------------------------------
     def project(self, contact: Contact) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus
 
@@ -51,9 +51,10 @@ from syncd.errors import (
     UnknownOutcome,
     excerpt,
 )
+from syncd.providers.base import RequestStats
 
-__all__ = ["HttpSession", "RetryPolicy", "TokenBucket", "default_error", "parse_json", "redact_credentials",
-           "secret_spellings"]
+__all__ = ["HttpSession", "RequestStats", "RetryPolicy", "TokenBucket", "default_error", "parse_json",
+           "redact_credentials", "secret_spellings"]
 
 if TYPE_CHECKING:
     from syncd.config import ProviderSettings
@@ -160,15 +161,6 @@ def default_error(response: httpx.Response, *, provider: str, operation: str, re
 
 
 ErrorMapper = Callable[..., ProviderError | None]
-
-
-@dataclass
-class RequestStats:
-    """Counters read by the metrics endpoint and the benchmarks."""
-
-    requests: int = 0
-    retries: int = 0
-    by_endpoint: dict[str, int] = field(default_factory=dict)
 
 
 class HttpSession:

@@ -99,8 +99,8 @@ from syncd.model import (
     group_key,
 )
 from syncd.phones import InvalidPhone, to_e164
-from syncd.providers.base import Capabilities, MembershipOutcome
-from syncd.providers.http import HttpSession, RequestStats, RetryPolicy, parse_json, redact_credentials
+from syncd.providers.base import Capabilities, MembershipOutcome, RequestStats
+from syncd.providers.http import HttpSession, RetryPolicy, parse_json, redact_credentials
 
 __all__ = [
     "CONTACT_KEPT",

@@ -87,7 +87,7 @@ from syncd.errors import (
 )
 from syncd.model import NOTHING_KEPT, Contact, ContactWrite, Fields, OptOut, RemoteContact, RemoteGroup, WriteOutcome
 from syncd.phones import InvalidPhone, to_e164
-from syncd.providers.base import Capabilities, MembershipOutcome
+from syncd.providers.base import Capabilities, MembershipOutcome, RequestStats
 from syncd.providers.http import (
     HttpSession,
     RetryPolicy,
@@ -304,8 +304,8 @@ class SmsendProvider:
         self._delete_lock = asyncio.Lock()
 
     @property
-    def stats(self):
-        """Request counters of the underlying HTTP session."""
+    def stats(self) -> RequestStats:
+        """Request counters of the HTTP session (run report, metrics, benchmarks)."""
         return self._http.stats
 
     async def aclose(self) -> None:
