@@ -31,7 +31,7 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, quote_plus
 
 import httpx
@@ -40,6 +40,7 @@ import structlog
 
 from syncd.errors import (
     AuthError,
+    ErrorContext,
     NotFound,
     ProtocolError,
     ProviderError,
@@ -53,7 +54,7 @@ from syncd.errors import (
 )
 from syncd.providers.base import RequestStats
 
-__all__ = ["HttpSession", "RequestStats", "RetryPolicy", "TokenBucket", "default_error", "parse_json",
+__all__ = ["ErrorMapper", "HttpSession", "RequestStats", "RetryPolicy", "TokenBucket", "default_error", "parse_json",
            "redact_credentials", "secret_spellings"]
 
 if TYPE_CHECKING:
@@ -160,7 +161,12 @@ def default_error(response: httpx.Response, *, provider: str, operation: str, re
     return ProtocolError(f"unexpected status: {reason}", **kw)
 
 
-ErrorMapper = Callable[..., ProviderError | None]
+class ErrorMapper(Protocol):
+    """A provider's reading of a response: None for success, else the error to raise (or retry)."""
+
+    def __call__(
+        self, response: httpx.Response, *, provider: str, operation: str, record: str
+    ) -> ProviderError | None: ...
 
 
 class HttpSession:
@@ -249,7 +255,15 @@ class HttpSession:
             await asyncio.sleep(wait)
             attempt += 1
 
-    async def _send_once(self, method, path, params, json_body, headers, auth) -> httpx.Response:
+    async def _send_once(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None,
+        json_body: Any,
+        headers: Mapping[str, str] | None,
+        auth: tuple[str, str] | None,
+    ) -> httpx.Response:
         await self._bucket.acquire()
         async with self._slots:
             self.stats.requests += 1
@@ -269,7 +283,7 @@ class HttpSession:
         Other TLS failures (a connection cut mid-handshake, a plain-HTTP port)
         stay transient, but say TLS.
         """
-        kw = dict(provider=self.provider, operation=operation, record=record)
+        kw: ErrorContext = {"provider": self.provider, "operation": operation, "record": record}
         tls = _tls_failure(exc)
         host = self._client.base_url.host
         error: ProviderError
@@ -283,7 +297,7 @@ class HttpSession:
         return error
 
     def _lost_response(self, exc: httpx.TransportError, idempotent: bool, operation: str, record: str) -> ProviderError:
-        kw = dict(provider=self.provider, operation=operation, record=record)
+        kw: ErrorContext = {"provider": self.provider, "operation": operation, "record": record}
         what = "timed out" if isinstance(exc, httpx.TimeoutException) else f"connection lost ({type(exc).__name__})"
         error: ProviderError
         if idempotent:

@@ -65,7 +65,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -147,6 +147,7 @@ _TRY_AGAIN = "try again"
 _ERROR_KEYS = frozenset({"message", "error", "status", "code", "devMessage", "moreInfo", "timeLeft"})
 
 T = TypeVar("T")
+E = TypeVar("E", bound=ProviderError)
 
 
 # -- mapping helpers (pure) ------------------------------------------------------
@@ -500,7 +501,7 @@ class SendHubProvider:
     def _protocol(self, reason: str, operation: str, record: str = "") -> ProtocolError:
         return ProtocolError(reason, provider=self.name, operation=operation, record=record)
 
-    def _scrub(self, error: ProviderError) -> ProviderError:
+    def _scrub(self, error: E) -> E:
         """Blank the api_key out of an error, should a body or URL have echoed it."""
         scrubbed = redact_credentials(error.reason)
         if self._secret:
@@ -743,7 +744,8 @@ class SendHubProvider:
         """DELETE each contact; one already gone counts as deleted."""
         return await self._each(writes, self._delete_one)
 
-    async def _each(self, writes: Sequence[ContactWrite], one: Callable[[ContactWrite], Any]) -> list[WriteOutcome]:
+    async def _each(self, writes: Sequence[ContactWrite],
+                    one: Callable[[ContactWrite], Awaitable[WriteOutcome]]) -> list[WriteOutcome]:
         async def guarded(write: ContactWrite) -> WriteOutcome:
             async with self._write_slots:  # the quota check then runs just before sending
                 try:

@@ -65,7 +65,7 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -89,6 +89,7 @@ from syncd.model import NOTHING_KEPT, Contact, ContactWrite, Fields, OptOut, Rem
 from syncd.phones import InvalidPhone, to_e164
 from syncd.providers.base import Capabilities, MembershipOutcome, RequestStats
 from syncd.providers.http import (
+    ErrorMapper,
     HttpSession,
     RetryPolicy,
     default_error,
@@ -233,9 +234,8 @@ def _message_of(response: httpx.Response) -> str:
         body = json.loads(response.content)
     except (ValueError, UnicodeDecodeError, RecursionError):
         body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return body["error"]
-    return response.text
+    message = body.get("error") if isinstance(body, dict) else None
+    return message if isinstance(message, str) else response.text
 
 
 def _scrub(text: str, secrets: Iterable[str]) -> str:
@@ -246,7 +246,7 @@ def _scrub(text: str, secrets: Iterable[str]) -> str:
     return redact_credentials(text)
 
 
-def _make_error_mapper(secrets: Sequence[str]):
+def _make_error_mapper(secrets: Sequence[str]) -> ErrorMapper:
     """The smsend reading of HTTP statuses (see the module docstring); secrets never quoted."""
 
     def mapper(response: httpx.Response, *, provider: str, operation: str, record: str) -> ProviderError | None:
@@ -315,7 +315,7 @@ class SmsendProvider:
 
     def project(self, contact: Contact) -> dict[str, Any]:
         """The contact in smsend's fields; empty values and extras smsend cannot hold are left out."""
-        values = {"phoneNumber": contact.phone, "name": contact.name, "surname": contact.surname,
+        values: dict[str, Any] = {"phoneNumber": contact.phone, "name": contact.name, "surname": contact.surname,
                   "email": contact.email}
         values.update({key: contact.extra.get(key) for key in EXTRA_FIELDS})
         return {key: _text(value) for key, value in values.items() if _text(value)}
@@ -466,7 +466,7 @@ class SmsendProvider:
         return [self._parse_group(row, bad) for row in rows], total
 
     @staticmethod
-    def _parse_group(row: Any, bad) -> RemoteGroup:
+    def _parse_group(row: Any, bad: Callable[[str], ProtocolError]) -> RemoteGroup:
         if not isinstance(row, dict):
             raise bad(f"a group is not a JSON object: {excerpt(repr(row), 60)}")
         group_id, name, description = row.get("id_group"), row.get("group_name"), row.get("group_description")
@@ -793,9 +793,9 @@ class SmsendProvider:
             return _fail_all(outcomes, items, error, len(writes))
         if temp in existing:
             # Deleting it with deletecontacts=true would wipe a real group's contacts: a replayed or lying answer.
-            error = ProtocolError(f"POST /group answered the id of the existing group {temp} for the temporary group; "
-                                  "no contact deleted", provider=self.name, operation=operation, record=temp)
-            return _fail_all(outcomes, items, error, len(writes))
+            lie = ProtocolError(f"POST /group answered the id of the existing group {temp} for the temporary group; "
+                                "no contact deleted", provider=self.name, operation=operation, record=temp)
+            return _fail_all(outcomes, items, lie, len(writes))
         items = [_Item(i.index, i.ref, i.phone, i.body, (temp,)) for i in items]
         await self._upsert_all(items, outcomes, keep_groups=True, operation=operation, note="")
         moved = [item for item in items if outcomes[item.index].ok]

@@ -26,7 +26,8 @@ def _drawn_parents() -> dict[str, str | None]:
 
 
 def test_the_drawing_shows_each_error_class_under_its_base() -> None:
-    classes = {name: getattr(errors, name) for name in errors.__all__ if isinstance(getattr(errors, name), type)}
+    exported = (getattr(errors, name) for name in errors.__all__)
+    classes = {cls.__name__: cls for cls in exported if isinstance(cls, type) and issubclass(cls, Exception)}
     actual = {name: (None if cls is errors.SyncdError else cls.__bases__[0].__name__) for name, cls in classes.items()}
 
     assert _drawn_parents() == actual
