@@ -1,8 +1,9 @@
 """The HTTP layer every provider client shares.
 
-One :class:`HttpSession` per provider account wraps an ``httpx.AsyncClient``
-(connection pooling, keep-alive, explicit timeouts, TLS verification on) and
-adds what the providers need around it:
+Every client is an :class:`HttpAccount`: one configured account behind one
+:class:`HttpSession`, which wraps an ``httpx.AsyncClient`` (connection pooling,
+keep-alive, explicit timeouts, TLS verification on) and adds what the providers
+need around it:
 
 * a token bucket holding ``requests_per_second`` and a semaphore holding
   ``max_concurrency`` requests in flight;
@@ -54,7 +55,7 @@ from syncd.errors import (
 )
 from syncd.providers.base import RequestStats
 
-__all__ = ["ErrorMapper", "HttpSession", "RequestStats", "RetryPolicy", "TokenBucket", "default_error", "parse_json",
+__all__ = ["ErrorMapper", "HttpAccount", "HttpSession", "RequestStats", "RetryPolicy", "TokenBucket", "default_error", "parse_json",
            "redact_credentials", "secret_spellings"]
 
 if TYPE_CHECKING:
@@ -202,15 +203,6 @@ class HttpSession:
             follow_redirects=False,
         )
 
-    @classmethod
-    def for_account(cls, settings: ProviderSettings, *, error_mapper: ErrorMapper,
-                    retry: RetryPolicy | None = None,
-                    transport: httpx.AsyncBaseTransport | None = None) -> HttpSession:
-        """The session one configured account calls for: its URL, timeout, limits and TLS setting."""
-        return cls(provider=settings.name, base_url=settings.base_url, timeout=settings.timeout_seconds,
-                   requests_per_second=settings.requests_per_second, max_concurrency=settings.max_concurrency,
-                   verify=settings.tls_verify, retry=retry, error_mapper=error_mapper, transport=transport)
-
     async def aclose(self) -> None:
         await self._client.aclose()
 
@@ -318,6 +310,32 @@ class HttpSession:
         if isinstance(error, RateLimited) and error.retry_after is not None:
             return min(error.retry_after, self.retry.max_delay)
         return self.retry.backoff(attempt, self._rng)
+
+
+class HttpAccount:
+    """What every provider client has in common: one configured account behind one :class:`HttpSession`.
+
+    The session takes the account's URL, timeout, limits and TLS setting, and
+    reads responses with the provider's own ``error_mapper``. A client adds its
+    API on top; this part answers the protocol's ``name``, ``stats`` and ``aclose``.
+    """
+
+    def __init__(self, settings: ProviderSettings, *, error_mapper: ErrorMapper,
+                 retry: RetryPolicy | None = None, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.name = settings.name
+        self._http = HttpSession(
+            provider=settings.name, base_url=settings.base_url, timeout=settings.timeout_seconds,
+            requests_per_second=settings.requests_per_second, max_concurrency=settings.max_concurrency,
+            verify=settings.tls_verify, retry=retry, error_mapper=error_mapper, transport=transport,
+        )  # fmt: skip
+
+    @property
+    def stats(self) -> RequestStats:
+        """Request counters of the account's HTTP session (run report, metrics, benchmarks)."""
+        return self._http.stats
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
 
 
 #: ``name=value`` of the query parameters that carry credentials, as a body may echo them

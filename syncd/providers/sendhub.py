@@ -99,8 +99,8 @@ from syncd.model import (
     group_key,
 )
 from syncd.phones import InvalidPhone, to_e164
-from syncd.providers.base import Capabilities, MembershipOutcome, RequestStats
-from syncd.providers.http import HttpSession, RetryPolicy, parse_json, redact_credentials
+from syncd.providers.base import Capabilities, MembershipOutcome
+from syncd.providers.http import HttpAccount, RetryPolicy, parse_json, redact_credentials
 
 __all__ = [
     "CONTACT_KEPT",
@@ -341,7 +341,7 @@ def sendhub_error(response: httpx.Response, *, provider: str, operation: str, re
 # -- the client ------------------------------------------------------------------
 
 
-class SendHubProvider:
+class SendHubProvider(HttpAccount):
     """One SendHub account (see the module docstring for the mapping and behaviour)."""
 
     def __init__(
@@ -353,7 +353,7 @@ class SendHubProvider:
         retry: RetryPolicy | None = None,
     ) -> None:
         credentials = settings.credentials  # config's check; ConfigError when there is none
-        self.name = settings.name
+        super().__init__(settings, error_mapper=sendhub_error, retry=retry, transport=transport)
         self.capabilities = Capabilities(
             list_contacts=True,
             contact_id_is_phone=False,
@@ -369,16 +369,6 @@ class SendHubProvider:
         self._batch_size = max(1, settings.batch_size)
         self._write_slots = asyncio.Semaphore(max(1, settings.max_concurrency))
         self._quota: QuotaExhausted | None = None
-        self._session = HttpSession.for_account(settings, error_mapper=sendhub_error, retry=retry,
-                                                transport=transport)
-
-    @property
-    def stats(self) -> RequestStats:
-        """Request counters of the HTTP session (benchmarks, metrics)."""
-        return self._session.stats
-
-    async def aclose(self) -> None:
-        await self._session.aclose()
 
     # -- mapping (pure) ------------------------------------------------------------
 
@@ -530,7 +520,7 @@ class SendHubProvider:
                 provider=self.name, operation=operation, record=record,
             )
         try:
-            return await self._session.request(
+            return await self._http.request(
                 method, path, operation=operation, record=record, idempotent=idempotent,
                 params={**self._auth, **(params or {})}, json_body=body,
             )

@@ -87,10 +87,10 @@ from syncd.errors import (
 )
 from syncd.model import NOTHING_KEPT, Contact, ContactWrite, Fields, OptOut, RemoteContact, RemoteGroup, WriteOutcome
 from syncd.phones import InvalidPhone, to_e164
-from syncd.providers.base import Capabilities, MembershipOutcome, RequestStats
+from syncd.providers.base import Capabilities, MembershipOutcome
 from syncd.providers.http import (
     ErrorMapper,
-    HttpSession,
+    HttpAccount,
     RetryPolicy,
     default_error,
     parse_json,
@@ -278,7 +278,7 @@ def _make_error_mapper(secrets: Sequence[str]) -> ErrorMapper:
 # --- the client --------------------------------------------------------------
 
 
-class SmsendProvider:
+class SmsendProvider(HttpAccount):
     """One smsend account (see the module docstring for what it can and cannot do)."""
 
     capabilities = CAPABILITIES
@@ -291,25 +291,16 @@ class SmsendProvider:
         transport: httpx.AsyncBaseTransport | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self.name = settings.name
+        self._credentials = settings.credentials  # config's choice; ConfigError when there is none
+        super().__init__(settings, error_mapper=_make_error_mapper(settings.secrets()), retry=retry,
+                         transport=transport)
         self.settings = settings
         self.default_region = default_region
         self.batch_size = max(1, min(settings.batch_size, MAX_BATCH))
-        self._credentials = settings.credentials  # config's choice; ConfigError when there is none
-        self._http = HttpSession.for_account(settings, error_mapper=_make_error_mapper(settings.secrets()),
-                                             retry=retry, transport=transport)
         self._headers: dict[str, str] | None = None
         self._generation = 0  # bumped on every login, so concurrent 401s log in once
         self._login_lock = asyncio.Lock()
         self._delete_lock = asyncio.Lock()
-
-    @property
-    def stats(self) -> RequestStats:
-        """Request counters of the HTTP session (run report, metrics, benchmarks)."""
-        return self._http.stats
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     # -- mapping (pure) -----------------------------------------------------
 
