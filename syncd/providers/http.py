@@ -170,6 +170,21 @@ class ErrorMapper(Protocol):
     ) -> ProviderError | None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """One request as :meth:`HttpSession.request` was asked for it, sent again as is on a retry."""
+
+    method: str
+    path: str
+    operation: str
+    record: str
+    idempotent: bool
+    params: Mapping[str, Any] | None
+    json_body: Any
+    headers: Mapping[str, str] | None
+    auth: tuple[str, str] | None
+
+
 class HttpSession:
     """One provider account's HTTP connection pool, limits and retry policy."""
 
@@ -220,51 +235,53 @@ class HttpSession:
         auth: tuple[str, str] | None = None,
     ) -> httpx.Response:
         """Send one request with limits and retries; answer a 2xx response or raise."""
+        call = _Request(method, path, operation, record, idempotent, params, json_body, headers, auth)
         started = time.monotonic()
         attempt = 0
         while True:
-            try:
-                response = await self._send_once(method, path, params, json_body, headers, auth)
-                error = self._map_error(response, provider=self.provider, operation=operation, record=record)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                error = self._connect_error(exc, operation, record)
-            except httpx.TransportError as exc:
-                error = self._lost_response(exc, idempotent, operation, record)
-            except httpx.RequestError as exc:
-                # The answer arrived but cannot be read (e.g. a body declared gzip that is not):
-                # sending the same request again would get the same answer.
-                error = ProtocolError(f"unreadable response to {method} {path.split('?', 1)[0]}: {exc}",
-                                      provider=self.provider, operation=operation, record=record)
-                error.__cause__ = exc
-            if error is None:
-                return response
-            if not self._should_retry(error, attempt, started):
-                raise error
-            wait = self._wait_for(error, attempt)
-            self.stats.retries += 1
-            log.info("http.retry", provider=self.provider, operation=operation, path=path, attempt=attempt + 1,
-                     wait=round(wait, 3), error=type(error).__name__, status=error.status)
-            await asyncio.sleep(wait)
+            answer = await self._attempt(call)
+            if isinstance(answer, httpx.Response):
+                return answer
+            if not self._should_retry(answer, attempt, started):
+                raise answer
+            await self._pause_before_retry(call, answer, attempt)
             attempt += 1
 
-    async def _send_once(
-        self,
-        method: str,
-        path: str,
-        params: Mapping[str, Any] | None,
-        json_body: Any,
-        headers: Mapping[str, str] | None,
-        auth: tuple[str, str] | None,
-    ) -> httpx.Response:
+    async def _attempt(self, call: _Request) -> httpx.Response | ProviderError:
+        """One try of ``call``: its 2xx response, or the error it came to."""
+        operation, record = call.operation, call.record
+        try:
+            response = await self._send_once(call)
+            error = self._map_error(response, provider=self.provider, operation=operation, record=record)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            return self._connect_error(exc, operation, record)
+        except httpx.TransportError as exc:
+            return self._lost_response(exc, call.idempotent, operation, record)
+        except httpx.RequestError as exc:
+            # The answer arrived but cannot be read (e.g. a body declared gzip that is not):
+            # sending the same request again would get the same answer.
+            unreadable = ProtocolError(f"unreadable response to {call.method} {call.path.split('?', 1)[0]}: {exc}",
+                                       provider=self.provider, operation=operation, record=record)
+            unreadable.__cause__ = exc
+            return unreadable
+        return response if error is None else error
+
+    async def _pause_before_retry(self, call: _Request, error: ProviderError, attempt: int) -> None:
+        wait = self._wait_for(error, attempt)
+        self.stats.retries += 1
+        log.info("http.retry", provider=self.provider, operation=call.operation, path=call.path, attempt=attempt + 1,
+                 wait=round(wait, 3), error=type(error).__name__, status=error.status)
+        await asyncio.sleep(wait)
+
+    async def _send_once(self, call: _Request) -> httpx.Response:
         await self._bucket.acquire()
         async with self._slots:
             self.stats.requests += 1
-            key = f"{method} {path.split('?', 1)[0]}"
+            key = f"{call.method} {call.path.split('?', 1)[0]}"
             self.stats.by_endpoint[key] = self.stats.by_endpoint.get(key, 0) + 1
             try:
-                return await self._client.request(
-                    method, path, params=params, json=json_body, headers=headers, auth=auth
-                )
+                return await self._client.request(call.method, call.path, params=call.params, json=call.json_body,
+                                                  headers=call.headers, auth=call.auth)
             except httpx.HTTPError as exc:
                 _strip_query(exc)  # it becomes the __cause__ of a syncd error: tracebacks show it
                 raise

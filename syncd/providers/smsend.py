@@ -66,7 +66,7 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 from urllib.parse import quote, unquote, urlsplit
@@ -129,6 +129,8 @@ CAPABILITIES = Capabilities(
 
 #: Groups syncd creates to delete contacts through; hidden from ``groups()``.
 TEMP_GROUP_PREFIX = "syncd-delete-"
+#: The operation a deletion's errors and outcomes name.
+_DELETE_CONTACT = "delete contact"
 #: Groups per list request: the documented default (5) would cost a request per five groups.
 GROUPS_PAGE_SIZE = 100
 #: The simulator's (assumed) upsert limit; ``batch_size`` is capped here.
@@ -763,32 +765,24 @@ class SmsendProvider(HttpAccount):
 
     async def _delete_through_temp_group(self, writes: Sequence[ContactWrite],
                                          existing: frozenset[str] = frozenset()) -> list[WriteOutcome]:
-        operation = "delete contact"
+        """Upsert the contacts into a new temporary group, then delete it ``deletecontacts=true``.
+
+        ``existing`` are the ids of the groups listed just before: a "new" group
+        with one of those ids is refused. Refused credentials and a spent quota
+        are raised; any other failure is every affected contact's outcome.
+        """
         outcomes: dict[int, WriteOutcome] = {}
-        items = []
-        for index, write in enumerate(writes):
-            try:
-                phone = self._phone(write.remote_id or write.phone, write.ref, operation)
-            except Rejected as error:
-                outcomes[index] = WriteOutcome(write.ref, error=error)
-                continue
-            items.append(_Item(index, write.ref, phone, {"phoneNumber": phone}, ()))
+        items = self._deletion_items(writes, outcomes)
         if not items:
             return _in_order(outcomes, len(writes))
         try:
-            temp = await self.create_group(f"{TEMP_GROUP_PREFIX}{uuid.uuid4().hex[:12]}",
-                                           "syncd: contacts being deleted; safe to delete without its contacts")
+            temp = await self._new_temp_group(existing)
         except (AuthError, QuotaExhausted):
             raise
         except ProviderError as error:
             return _fail_all(outcomes, items, error, len(writes))
-        if temp in existing:
-            # Deleting it with deletecontacts=true would wipe a real group's contacts: a replayed or lying answer.
-            lie = ProtocolError(f"POST /group answered the id of the existing group {temp} for the temporary group; "
-                                "no contact deleted", provider=self.name, operation=operation, record=temp)
-            return _fail_all(outcomes, items, lie, len(writes))
-        items = [_Item(i.index, i.ref, i.phone, i.body, (temp,)) for i in items]
-        await self._upsert_all(items, outcomes, keep_groups=True, operation=operation, note="")
+        items = [replace(item, groups=(temp,)) for item in items]
+        await self._upsert_all(items, outcomes, keep_groups=True, operation=_DELETE_CONTACT, note="")
         moved = [item for item in items if outcomes[item.index].ok]
         try:
             await self._delete_temp_group(temp, with_contacts=bool(moved))
@@ -801,6 +795,28 @@ class SmsendProvider(HttpAccount):
             outcomes[item.index] = WriteOutcome(item.ref, remote_id=item.phone, note=note)
         log.info("smsend.deleted_contacts", provider=self.name, count=len(moved), temp_group=temp)
         return _in_order(outcomes, len(writes))
+
+    def _deletion_items(self, writes: Sequence[ContactWrite], outcomes: dict[int, WriteOutcome]) -> list[_Item]:
+        """The contacts to delete, by number; one whose number does not parse is Rejected in ``outcomes``."""
+        items = []
+        for index, write in enumerate(writes):
+            try:
+                phone = self._phone(write.remote_id or write.phone, write.ref, _DELETE_CONTACT)
+            except Rejected as error:
+                outcomes[index] = WriteOutcome(write.ref, error=error)
+                continue
+            items.append(_Item(index, write.ref, phone, {"phoneNumber": phone}, ()))
+        return items
+
+    async def _new_temp_group(self, existing: frozenset[str]) -> str:
+        """Create a temporary group; its id, or ProtocolError when that id is one of the ``existing`` groups."""
+        temp = await self.create_group(f"{TEMP_GROUP_PREFIX}{uuid.uuid4().hex[:12]}",
+                                       "syncd: contacts being deleted; safe to delete without its contacts")
+        if temp in existing:
+            # Deleting it with deletecontacts=true would wipe a real group's contacts: a replayed or lying answer.
+            raise ProtocolError(f"POST /group answered the id of the existing group {temp} for the temporary group; "
+                                "no contact deleted", provider=self.name, operation=_DELETE_CONTACT, record=temp)
+        return temp
 
     async def _delete_temp_group(self, temp: str, *, with_contacts: bool) -> None:
         """Delete the temporary group; a lost response is settled by looking for the group."""
