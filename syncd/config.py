@@ -23,7 +23,9 @@ Rules beyond the design's example:
   ``user_key`` + ``session_key``; SendHub: ``username`` + ``api_key``). A
   credential of another type, or a second set, is an error rather than a
   warning: syncd never guesses which one the operator meant. A disabled
-  provider (``enabled = false``) is validated just the same.
+  provider (``enabled = false``) is validated just the same. The sets are
+  :data:`CREDENTIAL_SETS`, and :attr:`ProviderSettings.credentials` is the one
+  an account signs in with: the clients read it and check nothing themselves.
 * ``database.url`` must be a URL SQLAlchemy parses and has a driver for. A
   relative SQLite path (``sqlite:///syncd.db``) is kept as written, so it is
   relative to the working directory of the process.
@@ -142,6 +144,7 @@ class CredentialSet(Enum):
 
     @property
     def keys(self) -> tuple[str, str]:
+        """The two configuration keys of the set: ``(identity, secret)``."""
         identity, secret = self.value
         return identity, secret
 
