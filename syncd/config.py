@@ -23,7 +23,9 @@ Rules beyond the design's example:
   ``user_key`` + ``session_key``; SendHub: ``username`` + ``api_key``). A
   credential of another type, or a second set, is an error rather than a
   warning: syncd never guesses which one the operator meant. A disabled
-  provider (``enabled = false``) is validated just the same.
+  provider (``enabled = false``) is validated just the same. The sets are
+  :data:`CREDENTIAL_SETS`, and :attr:`ProviderSettings.credentials` is the one
+  an account signs in with: the clients read it and check nothing themselves.
 * ``database.url`` must be a URL SQLAlchemy parses and has a driver for. A
   relative SQLite path (``sqlite:///syncd.db``) is kept as written, so it is
   relative to the working directory of the process.
@@ -43,6 +45,7 @@ import stat
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,24 +53,29 @@ from urllib.parse import urlsplit
 import phonenumbers
 
 from syncd.errors import ConfigError
-from syncd.providers import PROVIDER_TYPES
 
 __all__ = [
     "CONFLICT_POLICIES",
+    "CREDENTIAL_SETS",
     "Config",
+    "CredentialSet",
+    "Credentials",
     "DatabaseSettings",
     "LOG_FORMATS",
     "LOG_LEVELS",
     "LoggingSettings",
     "MetricsSettings",
     "PROVIDER_MODES",
+    "PROVIDER_TYPES",
     "ProviderSettings",
     "ScheduleSettings",
     "Secret",
     "SyncSettings",
+    "credential_problems",
     "format_config_error",
     "load_config",
     "parse_config",
+    "preferred_credential_set",
     "resolve_config_path",
 ]
 
@@ -126,6 +134,30 @@ class MetricsSettings:
     listen: str | None = None  # "host:port"; None = off
 
 
+class CredentialSet(Enum):
+    """One way a provider account signs in: an identity key and a secret key, in that order."""
+
+    ACCESS_TOKEN = ("user_key", "access_token")
+    PASSWORD = ("username", "password")
+    SESSION_KEY = ("user_key", "session_key")
+    API_KEY = ("username", "api_key")
+
+    @property
+    def keys(self) -> tuple[str, str]:
+        """The two configuration keys of the set: ``(identity, secret)``."""
+        identity, secret = self.value
+        return identity, secret
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What one account signs in with: which set, the identity (user_key or username) and the secret."""
+
+    kind: CredentialSet
+    identity: str
+    secret: Secret
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderSettings:
     name: str
@@ -150,6 +182,26 @@ class ProviderSettings:
         """Every secret value of this provider (for redaction)."""
         return [s.get() for s in (self.password, self.access_token, self.session_key, self.api_key) if s]
 
+    @property
+    def credentials(self) -> Credentials:
+        """The credential set this account signs in with, and its values.
+
+        A loaded configuration holds exactly one set of its type. Settings built
+        in code may hold more: the one :data:`CREDENTIAL_SETS` prefers wins.
+        Raises :class:`ConfigError` naming the provider when no set is complete.
+        """
+        identities = {"user_key": self.user_key, "username": self.username}
+        secrets = {"password": self.password, "access_token": self.access_token,
+                   "session_key": self.session_key, "api_key": self.api_key}
+        given = [key for key, value in (identities | secrets).items() if value]
+        kind = preferred_credential_set(self.type, given)
+        if kind is None:
+            raise ConfigError([f"provider {self.name!r}: {_describe_sets(self.type)}"])
+        identity_key, secret_key = kind.keys
+        identity, secret = identities[identity_key], secrets[secret_key]
+        assert identity and secret  # the set is complete
+        return Credentials(kind, identity, secret)
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -173,6 +225,8 @@ class Config:
 # Vocabulary
 # --------------------------------------------------------------------------
 
+#: Every provider type syncd has a client for (``syncd.providers.build_provider``).
+PROVIDER_TYPES = ("smsend", "sendhub")
 CONFLICT_POLICIES = ("local", "remote", "newest", "manual")
 PROVIDER_MODES = ("two-way", "push", "pull")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -188,9 +242,9 @@ IDENTITY_KEYS = ("user_key", "username")
 CREDENTIAL_KEYS = IDENTITY_KEYS + SECRET_KEYS
 
 #: The credential sets each provider type accepts, preferred first.
-CREDENTIAL_SETS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "smsend": (("user_key", "access_token"), ("username", "password"), ("user_key", "session_key")),
-    "sendhub": (("username", "api_key"),),
+CREDENTIAL_SETS: dict[str, tuple[CredentialSet, ...]] = {
+    "smsend": (CredentialSet.ACCESS_TOKEN, CredentialSet.PASSWORD, CredentialSet.SESSION_KEY),
+    "sendhub": (CredentialSet.API_KEY,),
 }
 
 CONFIG_ENV_VAR = "SYNCD_CONFIG"
@@ -507,9 +561,17 @@ _INDIRECT_KEYS = frozenset({"url", *CREDENTIAL_KEYS})
 
 
 def _describe_sets(provider_type: str) -> str:
-    sets = [" and ".join(keys) for keys in CREDENTIAL_SETS[provider_type]]
+    sets = [" and ".join(kind.keys) for kind in CREDENTIAL_SETS.get(provider_type, ())]
+    if not sets:
+        return f"{provider_type!r} is not a provider type ({', '.join(PROVIDER_TYPES)})"
     listed = sets[0] if len(sets) == 1 else ", ".join(sets[:-1]) + ", or " + sets[-1]
     return f"{provider_type} needs {listed}"
+
+
+def preferred_credential_set(provider_type: str, present: Iterable[str]) -> CredentialSet | None:
+    """The first set ``provider_type`` accepts whose keys are all ``present``; None when none is complete."""
+    given = set(present)
+    return next((kind for kind in CREDENTIAL_SETS.get(provider_type, ()) if set(kind.keys) <= given), None)
 
 
 def credential_problems(provider_type: str, present: Iterable[str]) -> list[tuple[str | None, str]]:
@@ -520,20 +582,19 @@ def credential_problems(provider_type: str, present: Iterable[str]) -> list[tupl
     set the given keys come closest to.
     """
     given = [key for key in CREDENTIAL_KEYS if key in set(present)]
-    sets = CREDENTIAL_SETS[provider_type]
+    sets = [kind.keys for kind in CREDENTIAL_SETS[provider_type]]
     needs = _describe_sets(provider_type)
     allowed = {key for keys in sets for key in keys}
     problems: list[tuple[str | None, str]] = [
         (key, f"not a {provider_type} credential ({needs})") for key in given if key not in allowed
     ]
     mine = [key for key in given if key in allowed]
-    complete = [keys for keys in sets if set(keys) <= set(mine)]
-    if complete:
-        chosen = complete[0]
+    chosen = preferred_credential_set(provider_type, mine)
+    if chosen is not None:
         problems += [
-            (key, f"cannot be combined with {' + '.join(chosen)}: give one credential set ({needs})")
+            (key, f"cannot be combined with {' + '.join(chosen.keys)}: give one credential set ({needs})")
             for key in mine
-            if key not in chosen
+            if key not in chosen.keys
         ]
     elif not mine:
         problems.append((None, f"no credentials ({needs})"))

@@ -6,13 +6,13 @@
     ├── LeaseLost              this replica no longer holds the provider's lease
     └── ProviderError          anything a provider account did or said
         ├── AuthError          credentials refused (401/404 on login); permanent for the run
-    │   └── TlsError       the provider's TLS certificate failed verification
+        │   └── TlsError       the provider's TLS certificate failed verification
         ├── QuotaExhausted     SendHub 420: stop writing to the account for this run
         ├── Rejected           the provider refused a record (field, reason); permanent until it changes
         ├── NotFound           the record does not exist at the provider
         ├── Unsupported        the provider's documented API cannot do this
         ├── ProtocolError      a response syncd cannot read (malformed body, missing header…)
-        ├── UnknownOutcome     a non-idempotent write whose response was lost
+        ├── UnknownOutcome     a non-idempotent write whose response was lost (the client settles it)
         └── TransientError     timeouts, connection errors, 5xx: worth retrying later
             └── RateLimited    429; ``retry_after`` seconds when the provider said
 
@@ -24,9 +24,13 @@ the record and the provider's own reason, truncated, and never a secret.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypedDict, Unpack
+
 __all__ = [
     "AuthError",
     "ConfigError",
+    "ErrorContext",
     "LeaseLost",
     "NotFound",
     "ProtocolError",
@@ -79,6 +83,15 @@ class LeaseLost(SyncdError):
     """Another replica took this provider's lease; stop settling anything."""
 
 
+class ErrorContext(TypedDict, total=False):
+    """The keyword details every :class:`ProviderError` takes (see there), for subclasses and callers to pass on."""
+
+    provider: str
+    operation: str
+    record: str
+    status: int | None
+
+
 class ProviderError(SyncdError):
     """A provider account failed an operation.
 
@@ -114,11 +127,12 @@ class ProviderError(SyncdError):
         status = f" (HTTP {self.status})" if self.status else ""
         return f"{where}{what} failed{status}: {self.reason}"
 
-    def __reduce__(self):  # keep keyword arguments through pickling
+    def __reduce__(self) -> tuple[Callable[..., ProviderError], tuple[type[ProviderError], str, dict[str, Any]]]:
+        # Exception pickles only its args: the keyword details would be lost.
         return (_rebuild, (type(self), self.reason, self.__dict__.copy()))
 
 
-def _rebuild(cls: type[ProviderError], reason: str, state: dict) -> ProviderError:
+def _rebuild(cls: type[ProviderError], reason: str, state: dict[str, Any]) -> ProviderError:
     err = cls.__new__(cls)
     Exception.__init__(err, reason)
     err.__dict__.update(state)
@@ -144,9 +158,9 @@ class QuotaExhausted(ProviderError):
 class Rejected(ProviderError):
     """The provider refused this record; ``field`` names the offending field if known."""
 
-    def __init__(self, reason: str, *, field: str = "", **kw) -> None:
+    def __init__(self, reason: str, *, field: str = "", **context: Unpack[ErrorContext]) -> None:
         self.field = field
-        super().__init__(reason, **kw)
+        super().__init__(reason, **context)
 
     def _render(self) -> str:
         text = super()._render()
@@ -180,6 +194,6 @@ class TransientError(ProviderError):
 class RateLimited(TransientError):
     """Throttled; ``retry_after`` is the provider's wait in seconds, if it said."""
 
-    def __init__(self, reason: str, *, retry_after: float | None = None, **kw) -> None:
+    def __init__(self, reason: str, *, retry_after: float | None = None, **context: Unpack[ErrorContext]) -> None:
         self.retry_after = retry_after
-        super().__init__(reason, **kw)
+        super().__init__(reason, **context)

@@ -38,7 +38,6 @@ __all__ = [
     "RemoteRecord",
     "Contact",
     "ContactWrite",
-    "FieldValue",
     "Fields",
     "Group",
     "OptOut",
@@ -49,9 +48,6 @@ __all__ = [
     "fingerprint",
     "group_key",
 ]
-
-FieldValue: TypeAlias = str | bool | int | list[Any] | None
-"""A projected field value: JSON-serialisable. Group sets are sorted lists."""
 
 Fields: TypeAlias = Mapping[str, Any]
 """Projected field values of one record, in one provider's field space."""

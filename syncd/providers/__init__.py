@@ -8,13 +8,16 @@ if TYPE_CHECKING:
     from syncd.config import ProviderSettings
     from syncd.providers.base import Provider
 
-__all__ = ["PROVIDER_TYPES", "build_provider"]
-
-PROVIDER_TYPES = ("smsend", "sendhub")
+__all__ = ["build_provider"]
 
 
 def build_provider(settings: ProviderSettings, *, default_region: str = "IT", **options: Any) -> Provider:
-    """The client for one configured account. ``options`` go to the client (e.g. ``transport``)."""
+    """The client for one configured account (one of ``config.PROVIDER_TYPES``).
+
+    ``options`` go to the client (e.g. ``transport``). Raises ``ValueError`` for
+    a type no client serves, and :class:`~syncd.errors.ConfigError` when the
+    settings hold no complete credential set.
+    """
     if settings.type == "smsend":
         from syncd.providers.smsend import SmsendProvider
 

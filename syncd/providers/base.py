@@ -9,13 +9,13 @@ others. Errors are :mod:`syncd.errors` ``ProviderError`` subclasses only.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from syncd.model import NOTHING_KEPT, Contact, ContactWrite, Fields, OptOut, RemoteContact, RemoteGroup, WriteOutcome
 
-__all__ = ["Capabilities", "MembershipOutcome", "Provider"]
+__all__ = ["Capabilities", "MembershipOutcome", "Provider", "RequestStats"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,8 +28,6 @@ class Capabilities:
     ``contact_id_is_phone``
         The provider's write path is keyed by phone number (smsend's upsert), so
         the E.164 number serves as the remote id and a create can never duplicate.
-    ``update_contacts`` / ``delete_contacts``
-        Whether contacts can be updated / deleted at all.
     ``member_changes``
         Memberships change through a per-group add/remove call (SendHub); when
         False, memberships travel with the contact write (smsend's ``groupIds``).
@@ -47,13 +45,25 @@ class Capabilities:
 
     list_contacts: bool
     contact_id_is_phone: bool
-    update_contacts: bool
-    delete_contacts: bool
     member_changes: bool
     opt_out_outbound: bool
     contact_fields: frozenset[str]
     group_fields: frozenset[str] = frozenset({"name", "description"})
     list_opt_outs: bool = False
+
+
+@dataclass(slots=True)
+class RequestStats:
+    """Requests one account's client has sent, counted by its HTTP session.
+
+    ``requests`` counts every attempt, ``retries`` those that repeated an
+    earlier one, ``by_endpoint`` attempts per ``METHOD /path``. The run report,
+    the metrics endpoint and the benchmarks read them.
+    """
+
+    requests: int = 0
+    retries: int = 0
+    by_endpoint: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +81,10 @@ class Provider(Protocol):
 
     name: str
     capabilities: Capabilities
+
+    @property
+    def stats(self) -> RequestStats:
+        """The requests this client has sent so far (read after a run, for its report)."""
 
     # -- mapping (pure) ---------------------------------------------------
     def project(self, contact: Contact) -> dict[str, Any]:
@@ -96,9 +110,6 @@ class Provider(Protocol):
         fingerprint, and every listed id is taken out of ``known``: after a
         complete listing it holds the contacts that are gone.
         """
-
-    async def find_contact(self, phone: str) -> RemoteContact | None:
-        """The contact with this E.164 number, if the provider can look it up."""
 
     def opt_outs(self, since: datetime | None = None) -> AsyncIterator[list[OptOut]]:
         """Opt-outs recorded at the provider (at or after ``since``), one list per page.

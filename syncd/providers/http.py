@@ -1,8 +1,9 @@
 """The HTTP layer every provider client shares.
 
-One :class:`HttpSession` per provider account wraps an ``httpx.AsyncClient``
-(connection pooling, keep-alive, explicit timeouts, TLS verification on) and
-adds what the providers need around it:
+Every client is an :class:`HttpAccount`: one configured account behind one
+:class:`HttpSession`, which wraps an ``httpx.AsyncClient`` (connection pooling,
+keep-alive, explicit timeouts, TLS verification on) and adds what the providers
+need around it:
 
 * a token bucket holding ``requests_per_second`` and a semaphore holding
   ``max_concurrency`` requests in flight;
@@ -10,7 +11,9 @@ adds what the providers need around it:
   errors, 5xx and 429 (waiting what ``Retry-After`` or the client's
   ``retry_after`` hook says), within a bounded total budget;
 * no automatic retry of a non-idempotent request whose outcome is unknown:
-  that becomes :class:`~syncd.errors.UnknownOutcome` for the engine to resolve;
+  that becomes :class:`~syncd.errors.UnknownOutcome`, and the client that sent
+  it knows what a second try must look like (SendHub links the contact its
+  re-sent create finds "already in your contacts");
 * no retry either of a server whose TLS certificate fails verification:
   that is :class:`~syncd.errors.TlsError` at once;
 * the one place httpx exceptions and HTTP statuses become
@@ -28,8 +31,8 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, quote_plus
 
 import httpx
@@ -38,6 +41,7 @@ import structlog
 
 from syncd.errors import (
     AuthError,
+    ErrorContext,
     NotFound,
     ProtocolError,
     ProviderError,
@@ -49,9 +53,10 @@ from syncd.errors import (
     UnknownOutcome,
     excerpt,
 )
+from syncd.providers.base import RequestStats
 
-__all__ = ["HttpSession", "RetryPolicy", "TokenBucket", "default_error", "parse_json", "redact_credentials",
-           "secret_spellings"]
+__all__ = ["ErrorMapper", "HttpAccount", "HttpSession", "RequestStats", "RetryPolicy", "TokenBucket", "default_error", "parse_json",
+           "redact_credentials", "secret_spellings"]
 
 if TYPE_CHECKING:
     from syncd.config import ProviderSettings
@@ -157,16 +162,27 @@ def default_error(response: httpx.Response, *, provider: str, operation: str, re
     return ProtocolError(f"unexpected status: {reason}", **kw)
 
 
-ErrorMapper = Callable[..., ProviderError | None]
+class ErrorMapper(Protocol):
+    """A provider's reading of a response: None for success, else the error to raise (or retry)."""
+
+    def __call__(
+        self, response: httpx.Response, *, provider: str, operation: str, record: str
+    ) -> ProviderError | None: ...
 
 
-@dataclass
-class RequestStats:
-    """Counters read by the metrics endpoint and the benchmarks."""
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """One request as :meth:`HttpSession.request` was asked for it, sent again as is on a retry."""
 
-    requests: int = 0
-    retries: int = 0
-    by_endpoint: dict[str, int] = field(default_factory=dict)
+    method: str
+    path: str
+    operation: str
+    record: str
+    idempotent: bool
+    params: Mapping[str, Any] | None
+    json_body: Any
+    headers: Mapping[str, str] | None
+    auth: tuple[str, str] | None
 
 
 class HttpSession:
@@ -202,15 +218,6 @@ class HttpSession:
             follow_redirects=False,
         )
 
-    @classmethod
-    def for_account(cls, settings: ProviderSettings, *, error_mapper: ErrorMapper,
-                    retry: RetryPolicy | None = None,
-                    transport: httpx.AsyncBaseTransport | None = None) -> HttpSession:
-        """The session one configured account calls for: its URL, timeout, limits and TLS setting."""
-        return cls(provider=settings.name, base_url=settings.base_url, timeout=settings.timeout_seconds,
-                   requests_per_second=settings.requests_per_second, max_concurrency=settings.max_concurrency,
-                   verify=settings.tls_verify, retry=retry, error_mapper=error_mapper, transport=transport)
-
     async def aclose(self) -> None:
         await self._client.aclose()
 
@@ -228,43 +235,53 @@ class HttpSession:
         auth: tuple[str, str] | None = None,
     ) -> httpx.Response:
         """Send one request with limits and retries; answer a 2xx response or raise."""
+        call = _Request(method, path, operation, record, idempotent, params, json_body, headers, auth)
         started = time.monotonic()
         attempt = 0
         while True:
-            try:
-                response = await self._send_once(method, path, params, json_body, headers, auth)
-                error = self._map_error(response, provider=self.provider, operation=operation, record=record)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                error = self._connect_error(exc, operation, record)
-            except httpx.TransportError as exc:
-                error = self._lost_response(exc, idempotent, operation, record)
-            except httpx.RequestError as exc:
-                # The answer arrived but cannot be read (e.g. a body declared gzip that is not):
-                # sending the same request again would get the same answer.
-                error = ProtocolError(f"unreadable response to {method} {path.split('?', 1)[0]}: {exc}",
-                                      provider=self.provider, operation=operation, record=record)
-                error.__cause__ = exc
-            if error is None:
-                return response
-            if not self._should_retry(error, attempt, started):
-                raise error
-            wait = self._wait_for(error, attempt)
-            self.stats.retries += 1
-            log.info("http.retry", provider=self.provider, operation=operation, path=path, attempt=attempt + 1,
-                     wait=round(wait, 3), error=type(error).__name__, status=error.status)
-            await asyncio.sleep(wait)
+            answer = await self._attempt(call)
+            if isinstance(answer, httpx.Response):
+                return answer
+            if not self._should_retry(answer, attempt, started):
+                raise answer
+            await self._pause_before_retry(call, answer, attempt)
             attempt += 1
 
-    async def _send_once(self, method, path, params, json_body, headers, auth) -> httpx.Response:
+    async def _attempt(self, call: _Request) -> httpx.Response | ProviderError:
+        """One try of ``call``: its 2xx response, or the error it came to."""
+        operation, record = call.operation, call.record
+        try:
+            response = await self._send_once(call)
+            error = self._map_error(response, provider=self.provider, operation=operation, record=record)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            return self._connect_error(exc, operation, record)
+        except httpx.TransportError as exc:
+            return self._lost_response(exc, call.idempotent, operation, record)
+        except httpx.RequestError as exc:
+            # The answer arrived but cannot be read (e.g. a body declared gzip that is not):
+            # sending the same request again would get the same answer.
+            unreadable = ProtocolError(f"unreadable response to {call.method} {call.path.split('?', 1)[0]}: {exc}",
+                                       provider=self.provider, operation=operation, record=record)
+            unreadable.__cause__ = exc
+            return unreadable
+        return response if error is None else error
+
+    async def _pause_before_retry(self, call: _Request, error: ProviderError, attempt: int) -> None:
+        wait = self._wait_for(error, attempt)
+        self.stats.retries += 1
+        log.info("http.retry", provider=self.provider, operation=call.operation, path=call.path, attempt=attempt + 1,
+                 wait=round(wait, 3), error=type(error).__name__, status=error.status)
+        await asyncio.sleep(wait)
+
+    async def _send_once(self, call: _Request) -> httpx.Response:
         await self._bucket.acquire()
         async with self._slots:
             self.stats.requests += 1
-            key = f"{method} {path.split('?', 1)[0]}"
+            key = f"{call.method} {call.path.split('?', 1)[0]}"
             self.stats.by_endpoint[key] = self.stats.by_endpoint.get(key, 0) + 1
             try:
-                return await self._client.request(
-                    method, path, params=params, json=json_body, headers=headers, auth=auth
-                )
+                return await self._client.request(call.method, call.path, params=call.params, json=call.json_body,
+                                                  headers=call.headers, auth=call.auth)
             except httpx.HTTPError as exc:
                 _strip_query(exc)  # it becomes the __cause__ of a syncd error: tracebacks show it
                 raise
@@ -275,7 +292,7 @@ class HttpSession:
         Other TLS failures (a connection cut mid-handshake, a plain-HTTP port)
         stay transient, but say TLS.
         """
-        kw = dict(provider=self.provider, operation=operation, record=record)
+        kw: ErrorContext = {"provider": self.provider, "operation": operation, "record": record}
         tls = _tls_failure(exc)
         host = self._client.base_url.host
         error: ProviderError
@@ -289,7 +306,7 @@ class HttpSession:
         return error
 
     def _lost_response(self, exc: httpx.TransportError, idempotent: bool, operation: str, record: str) -> ProviderError:
-        kw = dict(provider=self.provider, operation=operation, record=record)
+        kw: ErrorContext = {"provider": self.provider, "operation": operation, "record": record}
         what = "timed out" if isinstance(exc, httpx.TimeoutException) else f"connection lost ({type(exc).__name__})"
         error: ProviderError
         if idempotent:
@@ -310,6 +327,32 @@ class HttpSession:
         if isinstance(error, RateLimited) and error.retry_after is not None:
             return min(error.retry_after, self.retry.max_delay)
         return self.retry.backoff(attempt, self._rng)
+
+
+class HttpAccount:
+    """What every provider client has in common: one configured account behind one :class:`HttpSession`.
+
+    The session takes the account's URL, timeout, limits and TLS setting, and
+    reads responses with the provider's own ``error_mapper``. A client adds its
+    API on top; this part answers the protocol's ``name``, ``stats`` and ``aclose``.
+    """
+
+    def __init__(self, settings: ProviderSettings, *, error_mapper: ErrorMapper,
+                 retry: RetryPolicy | None = None, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.name = settings.name
+        self._http = HttpSession(
+            provider=settings.name, base_url=settings.base_url, timeout=settings.timeout_seconds,
+            requests_per_second=settings.requests_per_second, max_concurrency=settings.max_concurrency,
+            verify=settings.tls_verify, retry=retry, error_mapper=error_mapper, transport=transport,
+        )  # fmt: skip
+
+    @property
+    def stats(self) -> RequestStats:
+        """Request counters of the account's HTTP session (run report, metrics, benchmarks)."""
+        return self._http.stats
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
 
 
 #: ``name=value`` of the query parameters that carry credentials, as a body may echo them

@@ -34,9 +34,10 @@ Behaviour worth knowing:
   when SendHub reports ``total_count``, a listing that changed while paging is a
   :class:`~syncd.errors.ProtocolError` (an incomplete pull must not pass).
 * a contact create is not idempotent: a lost response is
-  :class:`~syncd.errors.UnknownOutcome`, which the engine resolves with
-  :meth:`SendHubProvider.find_contact`. A create for a number SendHub already
-  holds links the existing contact instead.
+  :class:`~syncd.errors.UnknownOutcome` for that write, not re-sent on the
+  spot. The client settles it when the write is tried again: SendHub answers a
+  create for a number it already holds with "already in your contacts", and the
+  client links that contact (looked up by number) instead of creating another.
 * a group create *is* re-sent after a lost response: group names are unique
   at SendHub, so the re-send answers "Duplicate group name." and the existing
   group is looked up by name.
@@ -64,7 +65,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -75,7 +76,6 @@ import orjson
 from syncd.config import ProviderSettings
 from syncd.errors import (
     AuthError,
-    ConfigError,
     NotFound,
     ProtocolError,
     ProviderError,
@@ -100,7 +100,7 @@ from syncd.model import (
 )
 from syncd.phones import InvalidPhone, to_e164
 from syncd.providers.base import Capabilities, MembershipOutcome
-from syncd.providers.http import HttpSession, RequestStats, RetryPolicy, parse_json, redact_credentials
+from syncd.providers.http import HttpAccount, RetryPolicy, parse_json, redact_credentials
 
 __all__ = [
     "CONTACT_KEPT",
@@ -147,6 +147,7 @@ _TRY_AGAIN = "try again"
 _ERROR_KEYS = frozenset({"message", "error", "status", "code", "devMessage", "moreInfo", "timeLeft"})
 
 T = TypeVar("T")
+E = TypeVar("E", bound=ProviderError)
 
 
 # -- mapping helpers (pure) ------------------------------------------------------
@@ -340,7 +341,7 @@ def sendhub_error(response: httpx.Response, *, provider: str, operation: str, re
 # -- the client ------------------------------------------------------------------
 
 
-class SendHubProvider:
+class SendHubProvider(HttpAccount):
     """One SendHub account (see the module docstring for the mapping and behaviour)."""
 
     def __init__(
@@ -351,14 +352,11 @@ class SendHubProvider:
         transport: httpx.AsyncBaseTransport | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
-        if not settings.username or settings.api_key is None:
-            raise ConfigError([f"provider {settings.name!r}: sendhub needs username and api_key"])
-        self.name = settings.name
+        credentials = settings.credentials  # config's check; ConfigError when there is none
+        super().__init__(settings, error_mapper=sendhub_error, retry=retry, transport=transport)
         self.capabilities = Capabilities(
             list_contacts=True,
             contact_id_is_phone=False,
-            update_contacts=True,
-            delete_contacts=True,
             member_changes=True,
             opt_out_outbound=False,
             # Plus any custom field not in RESERVED: SendHub stores every extra key.
@@ -366,21 +364,11 @@ class SendHubProvider:
             group_fields=frozenset({"name"}),  # SendHub groups have no description
         )
         self.default_region = default_region
-        self._secret = settings.api_key.get()
-        self._auth = {"username": settings.username, "api_key": self._secret}
+        self._secret = credentials.secret.get()
+        self._auth = {"username": credentials.identity, "api_key": self._secret}
         self._batch_size = max(1, settings.batch_size)
         self._write_slots = asyncio.Semaphore(max(1, settings.max_concurrency))
         self._quota: QuotaExhausted | None = None
-        self._session = HttpSession.for_account(settings, error_mapper=sendhub_error, retry=retry,
-                                                transport=transport)
-
-    @property
-    def stats(self) -> RequestStats:
-        """Request counters of the HTTP session (benchmarks, metrics)."""
-        return self._session.stats
-
-    async def aclose(self) -> None:
-        await self._session.aclose()
 
     # -- mapping (pure) ------------------------------------------------------------
 
@@ -503,7 +491,7 @@ class SendHubProvider:
     def _protocol(self, reason: str, operation: str, record: str = "") -> ProtocolError:
         return ProtocolError(reason, provider=self.name, operation=operation, record=record)
 
-    def _scrub(self, error: ProviderError) -> ProviderError:
+    def _scrub(self, error: E) -> E:
         """Blank the api_key out of an error, should a body or URL have echoed it."""
         scrubbed = redact_credentials(error.reason)
         if self._secret:
@@ -532,7 +520,7 @@ class SendHubProvider:
                 provider=self.name, operation=operation, record=record,
             )
         try:
-            return await self._session.request(
+            return await self._http.request(
                 method, path, operation=operation, record=record, idempotent=idempotent,
                 params={**self._auth, **(params or {})}, json_body=body,
             )
@@ -671,7 +659,7 @@ class SendHubProvider:
         """Every contact, one list per page of up to 1000 (see :meth:`Provider.contacts` for ``known``)."""
         return self._pages("/contacts/", "list contacts", self.parse_contact, known=known)
 
-    async def find_contact(self, phone: str) -> RemoteContact | None:
+    async def _contact_with_number(self, phone: str) -> RemoteContact | None:
         """The contact with this number (SendHub's exact ``number=`` filter), lowest id first."""
         number = self._phone(phone)
         found: list[RemoteContact] = []
@@ -746,7 +734,8 @@ class SendHubProvider:
         """DELETE each contact; one already gone counts as deleted."""
         return await self._each(writes, self._delete_one)
 
-    async def _each(self, writes: Sequence[ContactWrite], one: Callable[[ContactWrite], Any]) -> list[WriteOutcome]:
+    async def _each(self, writes: Sequence[ContactWrite],
+                    one: Callable[[ContactWrite], Awaitable[WriteOutcome]]) -> list[WriteOutcome]:
         async def guarded(write: ContactWrite) -> WriteOutcome:
             async with self._write_slots:  # the quota check then runs just before sending
                 try:
@@ -770,7 +759,7 @@ class SendHubProvider:
         except Rejected as error:
             if _DUPLICATE_NUMBER not in error.reason.lower():
                 raise
-            existing = await self.find_contact(write.phone)
+            existing = await self._contact_with_number(write.phone)
             if existing is None:
                 raise
             return WriteOutcome(ref=write.ref, remote_id=existing.remote_id, note="linked existing contact")

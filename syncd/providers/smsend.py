@@ -40,7 +40,8 @@ Every contact field is sent on each upsert, empty ones as ``""`` (the documented
 default), because the upsert overwrites only the fields present: leaving a
 field out would never clear it at smsend.
 
-Authentication, in order of preference: ``user_key`` + ``access_token``
+Authentication, with the credential set the configuration chose
+(:attr:`~syncd.config.ProviderSettings.credentials`): ``user_key`` + ``access_token``
 (headers ``user_key`` and ``Access_token``); ``username`` + ``password``
 (``GET /login`` answers ``USER_KEY;SESSION_KEY``, then headers ``user_key`` and
 ``Session_key``; a session expires after 5 idle minutes, so a 401 triggers one
@@ -64,8 +65,8 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 from urllib.parse import quote, unquote, urlsplit
@@ -73,10 +74,9 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 import structlog
 
-from syncd.config import ProviderSettings
+from syncd.config import CredentialSet, ProviderSettings
 from syncd.errors import (
     AuthError,
-    ConfigError,
     ProtocolError,
     ProviderError,
     QuotaExhausted,
@@ -89,7 +89,8 @@ from syncd.model import NOTHING_KEPT, Contact, ContactWrite, Fields, OptOut, Rem
 from syncd.phones import InvalidPhone, to_e164
 from syncd.providers.base import Capabilities, MembershipOutcome
 from syncd.providers.http import (
-    HttpSession,
+    ErrorMapper,
+    HttpAccount,
     RetryPolicy,
     default_error,
     parse_json,
@@ -120,8 +121,6 @@ _EXTRA_SET = frozenset(EXTRA_FIELDS)
 CAPABILITIES = Capabilities(
     list_contacts=False,
     contact_id_is_phone=True,
-    update_contacts=True,
-    delete_contacts=True,
     member_changes=False,
     opt_out_outbound=True,
     contact_fields=frozenset(CONTACT_FIELDS),
@@ -130,6 +129,8 @@ CAPABILITIES = Capabilities(
 
 #: Groups syncd creates to delete contacts through; hidden from ``groups()``.
 TEMP_GROUP_PREFIX = "syncd-delete-"
+#: The operation a deletion's errors and outcomes name.
+_DELETE_CONTACT = "delete contact"
 #: Groups per list request: the documented default (5) would cost a request per five groups.
 GROUPS_PAGE_SIZE = 100
 #: The simulator's (assumed) upsert limit; ``batch_size`` is capped here.
@@ -235,9 +236,8 @@ def _message_of(response: httpx.Response) -> str:
         body = json.loads(response.content)
     except (ValueError, UnicodeDecodeError, RecursionError):
         body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return body["error"]
-    return response.text
+    message = body.get("error") if isinstance(body, dict) else None
+    return message if isinstance(message, str) else response.text
 
 
 def _scrub(text: str, secrets: Iterable[str]) -> str:
@@ -248,7 +248,7 @@ def _scrub(text: str, secrets: Iterable[str]) -> str:
     return redact_credentials(text)
 
 
-def _make_error_mapper(secrets: Sequence[str]):
+def _make_error_mapper(secrets: Sequence[str]) -> ErrorMapper:
     """The smsend reading of HTTP statuses (see the module docstring); secrets never quoted."""
 
     def mapper(response: httpx.Response, *, provider: str, operation: str, record: str) -> ProviderError | None:
@@ -280,7 +280,7 @@ def _make_error_mapper(secrets: Sequence[str]):
 # --- the client --------------------------------------------------------------
 
 
-class SmsendProvider:
+class SmsendProvider(HttpAccount):
     """One smsend account (see the module docstring for what it can and cannot do)."""
 
     capabilities = CAPABILITIES
@@ -293,31 +293,22 @@ class SmsendProvider:
         transport: httpx.AsyncBaseTransport | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self.name = settings.name
+        self._credentials = settings.credentials  # config's choice; ConfigError when there is none
+        super().__init__(settings, error_mapper=_make_error_mapper(settings.secrets()), retry=retry,
+                         transport=transport)
         self.settings = settings
         self.default_region = default_region
         self.batch_size = max(1, min(settings.batch_size, MAX_BATCH))
-        self._mode = _auth_mode(settings)
-        self._http = HttpSession.for_account(settings, error_mapper=_make_error_mapper(settings.secrets()),
-                                             retry=retry, transport=transport)
         self._headers: dict[str, str] | None = None
         self._generation = 0  # bumped on every login, so concurrent 401s log in once
         self._login_lock = asyncio.Lock()
         self._delete_lock = asyncio.Lock()
 
-    @property
-    def stats(self):
-        """Request counters of the underlying HTTP session."""
-        return self._http.stats
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
     # -- mapping (pure) -----------------------------------------------------
 
     def project(self, contact: Contact) -> dict[str, Any]:
         """The contact in smsend's fields; empty values and extras smsend cannot hold are left out."""
-        values = {"phoneNumber": contact.phone, "name": contact.name, "surname": contact.surname,
+        values: dict[str, Any] = {"phoneNumber": contact.phone, "name": contact.name, "surname": contact.surname,
                   "email": contact.email}
         values.update({key: contact.extra.get(key) for key in EXTRA_FIELDS})
         return {key: _text(value) for key, value in values.items() if _text(value)}
@@ -350,22 +341,19 @@ class SmsendProvider:
         return self._headers, self._generation
 
     async def _first_headers(self) -> dict[str, str]:
-        s = self.settings
-        if self._mode == "access_token":
-            assert s.user_key and s.access_token
-            return {"user_key": s.user_key, "Access_token": s.access_token.get()}
-        if self._mode == "session_key":
-            assert s.user_key and s.session_key
-            return {"user_key": s.user_key, "Session_key": s.session_key.get()}
+        creds = self._credentials
+        if creds.kind is CredentialSet.ACCESS_TOKEN:
+            return {"user_key": creds.identity, "Access_token": creds.secret.get()}
+        if creds.kind is CredentialSet.SESSION_KEY:
+            return {"user_key": creds.identity, "Session_key": creds.secret.get()}
         return await self._login()
 
     async def _login(self) -> dict[str, str]:
         """``GET /login``: a fresh session. The password travels in the query, never into a message."""
-        s = self.settings
-        assert s.username and s.password
+        username, password = self._credentials.identity, self._credentials.secret
         response = await self._http.request(
-            "GET", "/login", operation="login", record=s.username,
-            params={"username": s.username, "password": s.password.get()},
+            "GET", "/login", operation="login", record=username,
+            params={"username": username, "password": password.get()},
         )
         user_key, sep, session_key = response.text.strip().partition(";")
         # Both keys become header values: only visible ASCII can travel there (httpx refuses the rest).
@@ -373,10 +361,10 @@ class SmsendProvider:
             # Never quote the body: it may hold a session key.
             raise ProtocolError(
                 f"GET /login answered a {len(response.text)}-character body that is not 'USER_KEY;SESSION_KEY'",
-                provider=self.name, operation="login", record=s.username, status=response.status_code,
+                provider=self.name, operation="login", record=username, status=response.status_code,
             )
         self._generation += 1
-        log.info("smsend.login", provider=self.name, username=s.username)
+        log.info("smsend.login", provider=self.name, username=username)
         return {"user_key": user_key, "Session_key": session_key}
 
     async def _relogin(self, seen_generation: int) -> dict[str, str]:
@@ -388,7 +376,7 @@ class SmsendProvider:
             return self._headers
 
     def _explain_refusal(self, error: AuthError) -> AuthError:
-        if self._mode != "session_key" or error.status != 401:
+        if self._credentials.kind is not CredentialSet.SESSION_KEY or error.status != 401:
             return error
         hint = ("the session key was refused (a session key expires after 5 idle minutes); configure "
                 "access_token, or username and password so syncd can log in by itself")
@@ -406,7 +394,7 @@ class SmsendProvider:
         try:
             return await self._http.request(method, path, headers=headers, **send)
         except AuthError as error:
-            if self._mode != "login" or error.status != 401:
+            if self._credentials.kind is not CredentialSet.PASSWORD or error.status != 401:
                 raise self._explain_refusal(error) from None
         headers = await self._relogin(generation)
         return await self._http.request(method, path, headers=headers, **send)
@@ -471,7 +459,7 @@ class SmsendProvider:
         return [self._parse_group(row, bad) for row in rows], total
 
     @staticmethod
-    def _parse_group(row: Any, bad) -> RemoteGroup:
+    def _parse_group(row: Any, bad: Callable[[str], ProtocolError]) -> RemoteGroup:
         if not isinstance(row, dict):
             raise bad(f"a group is not a JSON object: {excerpt(repr(row), 60)}")
         group_id, name, description = row.get("id_group"), row.get("group_name"), row.get("group_description")
@@ -521,10 +509,6 @@ class SmsendProvider:
         """Always Unsupported: smsend documents no way to list contacts."""
         raise Unsupported("smsend's API has no contact listing; its contacts are outbound only",
                           provider=self.name, operation="list contacts")
-
-    async def find_contact(self, phone: str) -> RemoteContact | None:
-        """None: smsend has no lookup by number, and its upsert makes one unnecessary."""
-        return None
 
     # -- opt-outs: the SMS blacklist ----------------------------------------
 
@@ -781,32 +765,24 @@ class SmsendProvider:
 
     async def _delete_through_temp_group(self, writes: Sequence[ContactWrite],
                                          existing: frozenset[str] = frozenset()) -> list[WriteOutcome]:
-        operation = "delete contact"
+        """Upsert the contacts into a new temporary group, then delete it ``deletecontacts=true``.
+
+        ``existing`` are the ids of the groups listed just before: a "new" group
+        with one of those ids is refused. Refused credentials and a spent quota
+        are raised; any other failure is every affected contact's outcome.
+        """
         outcomes: dict[int, WriteOutcome] = {}
-        items = []
-        for index, write in enumerate(writes):
-            try:
-                phone = self._phone(write.remote_id or write.phone, write.ref, operation)
-            except Rejected as error:
-                outcomes[index] = WriteOutcome(write.ref, error=error)
-                continue
-            items.append(_Item(index, write.ref, phone, {"phoneNumber": phone}, ()))
+        items = self._deletion_items(writes, outcomes)
         if not items:
             return _in_order(outcomes, len(writes))
         try:
-            temp = await self.create_group(f"{TEMP_GROUP_PREFIX}{uuid.uuid4().hex[:12]}",
-                                           "syncd: contacts being deleted; safe to delete without its contacts")
+            temp = await self._new_temp_group(existing)
         except (AuthError, QuotaExhausted):
             raise
         except ProviderError as error:
             return _fail_all(outcomes, items, error, len(writes))
-        if temp in existing:
-            # Deleting it with deletecontacts=true would wipe a real group's contacts: a replayed or lying answer.
-            error = ProtocolError(f"POST /group answered the id of the existing group {temp} for the temporary group; "
-                                  "no contact deleted", provider=self.name, operation=operation, record=temp)
-            return _fail_all(outcomes, items, error, len(writes))
-        items = [_Item(i.index, i.ref, i.phone, i.body, (temp,)) for i in items]
-        await self._upsert_all(items, outcomes, keep_groups=True, operation=operation, note="")
+        items = [replace(item, groups=(temp,)) for item in items]
+        await self._upsert_all(items, outcomes, keep_groups=True, operation=_DELETE_CONTACT, note="")
         moved = [item for item in items if outcomes[item.index].ok]
         try:
             await self._delete_temp_group(temp, with_contacts=bool(moved))
@@ -819,6 +795,28 @@ class SmsendProvider:
             outcomes[item.index] = WriteOutcome(item.ref, remote_id=item.phone, note=note)
         log.info("smsend.deleted_contacts", provider=self.name, count=len(moved), temp_group=temp)
         return _in_order(outcomes, len(writes))
+
+    def _deletion_items(self, writes: Sequence[ContactWrite], outcomes: dict[int, WriteOutcome]) -> list[_Item]:
+        """The contacts to delete, by number; one whose number does not parse is Rejected in ``outcomes``."""
+        items = []
+        for index, write in enumerate(writes):
+            try:
+                phone = self._phone(write.remote_id or write.phone, write.ref, _DELETE_CONTACT)
+            except Rejected as error:
+                outcomes[index] = WriteOutcome(write.ref, error=error)
+                continue
+            items.append(_Item(index, write.ref, phone, {"phoneNumber": phone}, ()))
+        return items
+
+    async def _new_temp_group(self, existing: frozenset[str]) -> str:
+        """Create a temporary group; its id, or ProtocolError when that id is one of the ``existing`` groups."""
+        temp = await self.create_group(f"{TEMP_GROUP_PREFIX}{uuid.uuid4().hex[:12]}",
+                                       "syncd: contacts being deleted; safe to delete without its contacts")
+        if temp in existing:
+            # Deleting it with deletecontacts=true would wipe a real group's contacts: a replayed or lying answer.
+            raise ProtocolError(f"POST /group answered the id of the existing group {temp} for the temporary group; "
+                                "no contact deleted", provider=self.name, operation=_DELETE_CONTACT, record=temp)
+        return temp
 
     async def _delete_temp_group(self, temp: str, *, with_contacts: bool) -> None:
         """Delete the temporary group; a lost response is settled by looking for the group."""
@@ -874,17 +872,6 @@ def _group_id_from(locations: Sequence[str], base_url: str) -> str | None:
     if group_id in ("", ".", "..") or any(c == "/" or not c.isprintable() for c in group_id):
         return None
     return group_id
-
-
-def _auth_mode(settings: ProviderSettings) -> str:
-    if settings.user_key and settings.access_token:
-        return "access_token"
-    if settings.username and settings.password:
-        return "login"
-    if settings.user_key and settings.session_key:
-        return "session_key"
-    raise ConfigError([f"providers.{settings.name}: smsend needs user_key with access_token, username with "
-                       "password, or user_key with session_key"])
 
 
 def _raise_account_error(outcomes: Iterable[WriteOutcome]) -> None:

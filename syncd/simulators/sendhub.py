@@ -71,7 +71,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -793,7 +793,7 @@ def parse_group(body: Mapping[str, Any], account: SendHubAccount, *, group_id: s
         errors["id"] = [REQUIRED]
     name = body.get("name")
     name_problems = _name_errors(name)
-    if not name_problems and account.group_named(name, exclude=group_id) is not None:
+    if isinstance(name, str) and not name_problems and account.group_named(name, exclude=group_id) is not None:
         name_problems = [DUPLICATE_GROUP]
     if name_problems:
         errors["name"] = name_problems
@@ -809,6 +809,7 @@ def parse_group(body: Mapping[str, Any], account: SendHubAccount, *, group_id: s
     if join_message is not None and (not isinstance(join_message, str) or len(join_message) > JOIN_MESSAGE_MAX):
         raise SendHubError.generic(400, "Join message can not be longer than 70 characters.")
     join_message = join_message or DEFAULT_JOIN_MESSAGE
+    assert isinstance(name, str)  # _name_errors found no problem
     return GroupInput(name=name, slug=slug, text_to_subscribe=subscribe, join_message=join_message)
 
 
@@ -871,7 +872,7 @@ def page_response(meta: dict[str, Any], objects: Iterable[bytes]) -> Response:
 # -- the HTTP application -------------------------------------------------------------------
 
 
-Handler = Callable[[Request], Any]
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 class SendHubApi:
@@ -1080,7 +1081,9 @@ class SendHubApi:
         return json_response(result, 202)
 
     def _apply_membership(self, group: Group, to_add: list[Any], to_remove: list[Any]) -> dict[str, Any]:
-        added, removed, errors = [], [], {}
+        added: list[str] = []
+        removed: list[str] = []
+        errors: dict[str, list[str]] = {}
         for ref in to_add:
             contact_id = _contact_ref(ref)
             if contact_id is None or self.account.live_contact(contact_id) is None:

@@ -11,7 +11,11 @@ import pytest
 
 from syncd import config as config_module
 from syncd.config import (
+    CREDENTIAL_SETS,
+    PROVIDER_TYPES,
     Config,
+    CredentialSet,
+    Credentials,
     DatabaseSettings,
     ProviderSettings,
     Secret,
@@ -384,11 +388,61 @@ def test_smsend_with_an_incomplete_credential_set(tmp_path: Path, credentials: s
 
 
 @pytest.mark.parametrize(
-    "credentials",
-    ['user_key = "UK"\naccess_token = "t"', 'username = "me"\npassword = "pw"', 'user_key = "UK"\nsession_key = "s"'],
+    ("credentials", "expected"),
+    [
+        ('user_key = "UK"\naccess_token = "t"', Credentials(CredentialSet.ACCESS_TOKEN, "UK", Secret("t"))),
+        ('username = "me"\npassword = "pw"', Credentials(CredentialSet.PASSWORD, "me", Secret("pw"))),
+        ('user_key = "UK"\nsession_key = "s"', Credentials(CredentialSet.SESSION_KEY, "UK", Secret("s"))),
+    ],
 )
-def test_each_smsend_credential_set_loads(tmp_path: Path, credentials: str) -> None:
-    assert load(tmp_path, f"{SMSEND}\n{credentials}\n").providers[0].name == "sms"
+def test_each_smsend_credential_set_loads(tmp_path: Path, credentials: str, expected: Credentials) -> None:
+    assert load(tmp_path, f"{SMSEND}\n{credentials}\n").providers[0].credentials == expected
+
+
+def test_sendhub_credentials_are_its_username_and_api_key(tmp_path: Path) -> None:
+    assert load(tmp_path, VALID).providers[1].credentials == Credentials(
+        CredentialSet.API_KEY, "me", Secret("API-topsecret-2"))
+
+
+def test_settings_built_in_code_with_several_sets_sign_in_with_the_preferred_one() -> None:
+    settings = ProviderSettings(name="sms", type="smsend", base_url="https://sms.example", user_key="UK",
+                                session_key=Secret("s"), username="me", password=Secret("pw"))
+
+    assert settings.credentials.kind is CredentialSet.PASSWORD
+
+
+@pytest.mark.parametrize(
+    ("provider_type", "given", "message"),
+    [
+        ("smsend", {"user_key": "UK"}, f"provider 'sms': {SMSEND_NEEDS}"),
+        ("sendhub", {"username": "me", "password": Secret("pw")}, "provider 'sms': sendhub needs username and api_key"),
+        ("fax", {}, "provider 'sms': 'fax' is not a provider type (smsend, sendhub)"),
+    ],
+)
+def test_settings_without_a_complete_set_have_no_credentials(provider_type: str, given: dict, message: str) -> None:
+    settings = ProviderSettings(name="sms", type=provider_type, base_url="https://sms.example", **given)
+
+    with pytest.raises(ConfigError) as caught:
+        settings.credentials
+    assert caught.value.problems == [message]
+
+
+def test_every_provider_type_has_credential_sets_and_a_client() -> None:
+    from syncd.providers import build_provider
+
+    assert tuple(CREDENTIAL_SETS) == PROVIDER_TYPES
+    for provider_type, (preferred, *_) in CREDENTIAL_SETS.items():
+        identity, secret = preferred.keys
+        settings = ProviderSettings(name="p", type=provider_type, base_url="http://127.0.0.1:9",
+                                    **{identity: "id", secret: Secret("s")})
+        assert build_provider(settings).name == "p"
+
+
+def test_config_imports_no_provider_client() -> None:
+    # Config owns the provider vocabulary; the clients import config, never the other way round.
+    code = "import sys, syncd.config; print(sorted(m for m in sys.modules if m.startswith('syncd.providers')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert result.stdout.strip() == "[]"
 
 
 def test_session_key_is_accepted_with_a_warning(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from syncd.config import ProviderSettings, Secret
 from syncd.errors import AuthError, NotFound, ProtocolError, QuotaExhausted, RateLimited, Rejected, TransientError
-from syncd.model import Contact
+from syncd.model import Contact, ContactWrite
 from syncd.phones import InvalidPhone, to_e164
 from syncd.providers.sendhub import RESERVED, SendHubProvider, full_name, sendhub_error, split_name
 
@@ -326,13 +326,16 @@ async def test_membership_complaints_sendhub_words_differently_reject_the_ids_co
 
 
 @pytest.mark.anyio
-async def test_find_contact_never_links_a_contact_with_another_number():
+async def test_a_duplicate_number_is_never_linked_to_a_contact_with_another_number():
     stranger = contact_json(1)  # a server ignoring the number= filter answers everyone
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(400, json={"number": ["That number is already in your contacts."]})
         assert request.url.params["number"] == "+14152000002"
         return httpx.Response(200, json={"meta": {"next": None, "total_count": 1}, "objects": [stranger]})
 
     provider = mock_provider(handler)
-    assert await provider.find_contact("+14152000002") is None
+    [outcome] = await provider.create_contacts([ContactWrite(1, "+14152000002", {"number": "+14152000002"})])
+    assert isinstance(outcome.error, Rejected) and outcome.remote_id is None
     await provider.aclose()
