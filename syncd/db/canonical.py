@@ -74,35 +74,55 @@ def read_contacts(session: Session, ids: Collection[int] | None, groups: Mapping
     several rows (written in different spellings) stays with the lowest id; the
     others are reported (:func:`_one_row_per_number`).
     """
-    columns = _Columns(session.get_bind().dialect)
-    members = _members(session, ids, groups)
-    contacts: dict[int, Contact] = {}
-    invalid: list[Invalid] = []
-    stored: dict[int, str] = {}  # the phone as written, for rows where it is not their E.164
-    for row in rows_in(session, columns.contact_query(), ContactRow.id, ids):
-        try:
-            phone = columns.text(row.phone, "phone")
-            trusted = _E164.fullmatch(phone) is not None and not check(row.id)
-            contacts[row.id] = columns.contact(row, phone, default_region, members.get(row.id, ()), trusted=trusted)
-        except _Unreadable as exc:
-            invalid.append((row.id, exc.field, exc.problem))
-            continue
-        if contacts[row.id].phone != phone:
-            stored[row.id] = phone
-    fixes = _one_row_per_number(session, contacts, stored, {cid for cid, _, _ in invalid}, invalid)
+    reader = _Reader(session, groups, default_region, check)
+    contacts, invalid, stored = reader.rows(ids)
+    fixes = _one_row_per_number(reader, contacts, stored, {cid for cid, _, _ in invalid}, invalid)
     return contacts, invalid, fixes
 
 
-def _one_row_per_number(session: Session, contacts: dict[int, Contact], stored: Mapping[int, str],
+class _Reader:
+    """Contact rows read and checked one by one."""
+
+    def __init__(self, session: Session, groups: Mapping[int, Group], default_region: str,
+                 check: Callable[[int], bool]) -> None:
+        self.session, self.groups, self.default_region, self.check = session, groups, default_region, check
+        self.columns = _Columns(session.get_bind().dialect)
+
+    def rows(self, ids: Collection[int] | None) -> tuple[dict[int, Contact], list[Invalid], dict[int, str]]:
+        """Readable contacts, unreadable rows, and the phone as written where it is not the row's E.164."""
+        members = _members(self.session, ids, self.groups)
+        contacts: dict[int, Contact] = {}
+        invalid: list[Invalid] = []
+        stored: dict[int, str] = {}
+        for row in rows_in(self.session, self.columns.contact_query(), ContactRow.id, ids):
+            try:
+                phone = self.columns.text(row.phone, "phone")
+                trusted = _E164.fullmatch(phone) is not None and not self.check(row.id)
+                contacts[row.id] = self.columns.contact(row, phone, self.default_region, members.get(row.id, ()),
+                                                        trusted=trusted)
+            except _Unreadable as exc:
+                invalid.append((row.id, exc.field, exc.problem))
+                continue
+            if contacts[row.id].phone != phone:
+                stored[row.id] = phone
+        return contacts, invalid, stored
+
+    def verbatim(self, numbers: Collection[str]) -> dict[str, int]:
+        """number -> the row writing it in E.164 (the unique constraint allows one)."""
+        return {phone: cid for cid, phone in rows_in(self.session, select(ContactRow.id, ContactRow.phone),
+                                                     ContactRow.phone, numbers)}
+
+
+def _one_row_per_number(reader: _Reader, contacts: dict[int, Contact], stored: Mapping[int, str],
                         unreadable: set[int], invalid: list[Invalid]) -> dict[int, str]:
-    """Rows meaning the same number: the lowest id keeps it, the others move to ``invalid``.
+    """Rows meaning the same number: the lowest id among the readable ones keeps it, the others move to ``invalid``.
 
     A row that writes its number in another spelling is rewritten in E.164 (the
     fixes returned), unless another row holds it written so: then the unique
-    constraint forbids it, and it stays as written. Only rows read here and the
-    rows writing their number in E.164 are compared (the spellings of other rows
-    are rewritten on the first run that reads them); a row read here never takes
-    a number away from a valid row that was not read.
+    constraint forbids it, and it stays as written. The row writing a number in
+    E.164 takes part even when it was not asked for (it is read to know whether
+    it is readable); the spellings of rows not read here are not looked for:
+    the first run that reads a row rewrites its spelling.
     """
     by_number: dict[str, list[int]] = {}
     for cid, contact in contacts.items():
@@ -110,13 +130,15 @@ def _one_row_per_number(session: Session, contacts: dict[int, Contact], stored: 
     shared = {number for number, ids in by_number.items() if len(ids) > 1 or any(i in stored for i in ids)}
     if not shared:
         return {}
-    verbatim = {phone: cid for cid, phone in
-                rows_in(session, select(ContactRow.id, ContactRow.phone), ContactRow.phone, shared)}
+    verbatim = reader.verbatim(shared)
+    outside = {cid for cid in verbatim.values() if cid not in contacts and cid not in unreadable}
+    readable_outside = set(reader.rows(outside)[0]) if outside else set()
     fixes: dict[int, str] = {}
     for number in sorted(shared):
-        ids, holder = sorted(by_number[number]), verbatim.get(number)
-        keeper = holder if holder is not None and holder not in contacts and holder not in unreadable else ids[0]
-        for cid in ids:
+        holder = verbatim.get(number)
+        candidates = by_number[number] + ([holder] if holder in readable_outside else [])
+        keeper = min(candidates)
+        for cid in by_number[number]:
             if cid != keeper:
                 written = stored.get(cid, contacts[cid].phone)
                 invalid.append((cid, "phone", f"{written!r} is the same number as contact {keeper} ({number})"))
