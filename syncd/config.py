@@ -121,6 +121,7 @@ class SyncSettings:
     max_delete_fraction: float = 0.25
     log_retention_days: int = 90
     full_every: float = 86_400.0  # seconds between full runs (the safety net of change detection); default a day
+    deletes: str = "propagate"  # propagate | approve | never: the default deletion policy of every provider
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +166,9 @@ class ProviderSettings:
     base_url: str
     mode: str = "two-way"  # two-way | push | pull
     conflict: str | None = None  # overrides sync.conflict when set
+    deletes: str | None = None  # overrides sync.deletes when set
+    include_groups: tuple[str, ...] | None = None  # only contacts of these canonical groups are synced here
+    exclude_groups: tuple[str, ...] = ()  # contacts of these canonical groups are not synced here
     requests_per_second: float = 5.0
     max_concurrency: int = 4
     batch_size: int = 500
@@ -220,6 +224,9 @@ class Config:
     def conflict_for(self, provider: ProviderSettings) -> str:
         return provider.conflict or self.sync.conflict
 
+    def deletes_for(self, provider: ProviderSettings) -> str:
+        return provider.deletes or self.sync.deletes
+
 
 # --------------------------------------------------------------------------
 # Vocabulary
@@ -229,6 +236,7 @@ class Config:
 PROVIDER_TYPES = ("smsend", "sendhub")
 CONFLICT_POLICIES = ("local", "remote", "newest", "manual")
 PROVIDER_MODES = ("two-way", "push", "pull")
+DELETE_POLICIES = ("propagate", "approve", "never")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "console", "json")
 
@@ -443,6 +451,18 @@ def _one_of(options: tuple[str, ...]) -> Validator:
     return validate
 
 
+def _group_names(value: object) -> tuple[str, ...]:
+    """A list of canonical group names (matched trimmed and case-folded, as groups are)."""
+    if not isinstance(value, list):
+        raise _Invalid(f"expected a list of group names, found {_type_name(value)}")
+    names = []
+    for item in value:
+        if not isinstance(item, str) or not item.strip():
+            raise _Invalid(f"every group name must be a non-empty string, found {_show(item)}")
+        names.append(item)
+    return tuple(names)
+
+
 def _region(value: object) -> str:
     code = _string(value).strip().upper()
     if code not in phonenumbers.SUPPORTED_REGIONS:
@@ -529,6 +549,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Validator]]] = {
             "max_delete_fraction": _checked(_number, lambda n: 0 <= n <= 1, "between 0 and 1"),
             "log_retention_days": _checked(_integer, lambda n: n >= 1, "at least 1"),
             "full_every": _duration,
+            "deletes": _one_of(DELETE_POLICIES),
         },
     ),
     "logging": (LoggingSettings, {"level": _one_of(LOG_LEVELS), "format": _one_of(LOG_FORMATS)}),
@@ -541,6 +562,9 @@ _PROVIDER_SCHEMA: dict[str, Validator] = {
     "base_url": _http_url,
     "mode": _one_of(PROVIDER_MODES),
     "conflict": _one_of(CONFLICT_POLICIES),
+    "deletes": _one_of(DELETE_POLICIES),
+    "include_groups": _group_names,
+    "exclude_groups": _group_names,
     "requests_per_second": _positive_number,
     "max_concurrency": _checked(_integer, lambda n: n >= 1, "at least 1"),
     "batch_size": _checked(_integer, lambda n: 1 <= n <= MAX_BATCH_SIZE, f"between 1 and {MAX_BATCH_SIZE}"),
