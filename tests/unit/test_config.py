@@ -212,9 +212,9 @@ def test_unknown_key_in_a_provider(tmp_path: Path) -> None:
 
 
 def test_a_key_that_is_not_bare_is_quoted_in_the_path(tmp_path: Path) -> None:
-    found = problems(tmp_path, with_sync('"max delete" = 1\n"a.b" = 2'))
+    found = problems(tmp_path, with_sync('"max delete fraction" = 1\n"a.b" = 2'))
 
-    assert found == ['sync."max delete": unknown key (did you mean \'max_delete_fraction\'?)', 'sync."a.b": unknown key']
+    assert found == ['sync."max delete fraction": unknown key (did you mean \'max_delete_fraction\'?)', 'sync."a.b": unknown key']
 
 
 # -- wrong types ----------------------------------------------------------------
