@@ -32,6 +32,7 @@ __all__ = [
     "NOTHING_KEPT",
     "BaseRecord",
     "ChangeEntry",
+    "Deletes",
     "LocalRecord",
     "Mode",
     "Preference",
@@ -210,6 +211,14 @@ class Mode(StrEnum):
     TWO_WAY = "two-way"
     PUSH = "push"
     PULL = "pull"
+
+
+class Deletes(StrEnum):
+    """What a provider does with a deletion carried to a side (``deletes``)."""
+
+    PROPAGATE = "propagate"  # carried out
+    APPROVE = "approve"  # held as a pending delete until an operator approves or declines it
+    NEVER = "never"  # never deleted at the provider; one deleted there is re-created from the book
 
 
 class Preference(StrEnum):

@@ -551,6 +551,30 @@ class Store:
                 ChangeLogRow.status == "failed").values(status="applied",
                                                          error="outcome found later: the record was at the provider"))
 
+    def pending_deletes(self, provider: str) -> dict[tuple[str, str, int | None, str | None], tuple[int, str]]:
+        """Deletions of ``provider`` held for an operator and not settled yet: key -> (change id, status).
+
+        The key is (entity, direction, canonical id, remote id); the status
+        ``awaiting_approval``, ``approved`` or ``declined``.
+        """
+        c = ChangeLogRow
+        with self.session() as s:
+            rows = s.execute(select(c.id, c.entity, c.direction, c.canonical_id, c.remote_id, c.status).where(
+                c.provider == provider, c.action == "delete", c.resolved_at.is_(None),
+                c.status.in_(("awaiting_approval", "approved", "declined")))).all()
+        return {(entity, direction, cid, rid): (id_, status) for id_, entity, direction, cid, rid, status in rows}
+
+    def settle_pending_deletes(self, s: Session, ids: Collection[int], *, status: str | None = None,
+                               note: str | None = None) -> None:
+        """Pending deletes carried out (or, with ``status`` "cancelled", called off): settled for good."""
+        values: dict[str, Any] = {"resolved_at": utcnow()}
+        if status is not None:
+            values["status"] = status
+        if note is not None:
+            values["error"] = note
+        for chunk in chunks(sorted(ids)):
+            s.execute(update(ChangeLogRow).where(ChangeLogRow.id.in_(chunk)).values(**values))
+
     def open_conflicts(self, provider: str) -> dict[tuple[str, int | None, str | None], ChangeLogRow]:
         with self.session() as s:
             rows = s.scalars(select(ChangeLogRow).where(

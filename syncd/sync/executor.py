@@ -177,6 +177,8 @@ class Pusher:
     def _record_group(self, s: Session, op: Operation, remote_id: str) -> None:
         links = self.links["group"]
         self._group_map = None
+        if "decision" in op.extra:
+            self.store.settle_pending_deletes(s, [op.extra["decision"]])
         assert op.canonical_id is not None
         if op.action is Action.DELETE:
             links.pop(op.canonical_id, None)
@@ -346,6 +348,8 @@ class Pusher:
         self.store.drop_mirror(s, self.name, contacts=True, remote_ids=gone)
         self.store.set_links(s, self.name, "contact", upserted)
         self.store.put_mirror_contacts(s, self.name, mirrored)
+        # approved or declined deletions carried out: their pending rows are settled with them
+        self.store.settle_pending_deletes(s, [op.extra["decision"] for op, _, _ in applied if "decision" in op.extra])
 
     async def _memberships(self, ops: list[Operation]) -> None:
         """Contacts whose groups alone changed: per-group add/remove calls (SendHub)."""

@@ -80,6 +80,7 @@ class InboundApplier:
         self.by_remote = {entity: {link.remote_id: cid for cid, link in entity_links.items()}
                           for entity, entity_links in self.links.items()}
         for chunk in chunks(todo, CHUNK):
+            decided = [op.extra["decision"] for op in chunk if "decision" in op.extra]
             with self.store.writing() as s:
                 self._looked_up = {op.key for op in chunk if op.action is Action.CREATE
                                    and op.entity is Entity.CONTACT and op.key.startswith("+")}
@@ -89,6 +90,7 @@ class InboundApplier:
                 self._flush(s)
                 self.store.log(s, self.run_id, self._entries)
                 self._entries = []
+                self.store.settle_pending_deletes(s, decided)  # approved or declined: carried out now
             self.done += len(chunk)
 
     def _apply_one(self, s: Session, op: Operation) -> list[ChangeEntry]:

@@ -8,21 +8,24 @@ applies the deletion guard. Both are functions of the plan alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from datetime import datetime
 from typing import Any
 
-from syncd.model import ChangeEntry
+from syncd.model import ChangeEntry, Deletes
 
 __all__ = [
     "Action",
     "Direction",
     "Entity",
     "Operation",
+    "PendingDelete",
     "guard",
     "log_entry",
+    "pending_key",
+    "with_deletion_policy",
     "push_order",
 ]
 
@@ -151,3 +154,69 @@ def log_entry(op: Operation, provider: str, status: str, *, error: str | None = 
     canonical_id = op.canonical_id if op.canonical_id is not None and op.canonical_id > 0 else None
     return ChangeEntry(provider, op.entity.value, op.action.value, op.direction.value, status, op.reason,
                        canonical_id, op.remote_id, before, op.after, error, attempts, next_attempt_at, fingerprint)
+
+
+#: change_log statuses of a pending delete (``deletes = "approve"``): waiting, then the operator's decision.
+AWAITING, APPROVED, DECLINED, CANCELLED = "awaiting_approval", "approved", "declined", "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDelete:
+    """A deletion held for an operator (a ``change_log`` row): its id and where it stands."""
+
+    id: int
+    status: str  # awaiting_approval | approved | declined
+
+
+def pending_key(op: Operation) -> tuple[str, str, int | None, str | None]:
+    """What identifies a deletion across runs: entity, direction and the record's ids."""
+    return op.entity.value, op.direction.value, op.canonical_id, op.remote_id
+
+
+def with_deletion_policy(ops: Sequence[Operation], policy: Deletes | str, provider: str,
+                         pending: Mapping[tuple[str, str, int | None, str | None], PendingDelete]
+                         ) -> list[Operation]:
+    """The plan once the provider's deletion policy has had its say on each delete.
+
+    ``never``: a delete at the provider is held (the record stays there); one
+    deleted at the provider is re-created there from the book, which keeps it.
+    ``approve``: a delete waits as a pending delete (``extra["pending"]``: new or
+    waiting) until approved (carried out) or declined (the record is restored on
+    the side that lost it); both carry ``extra["decision"]``, the pending row's id.
+    """
+    if policy == Deletes.PROPAGATE:
+        return list(ops)
+    out = []
+    for op in ops:
+        if op.action is not Action.DELETE or op.held or op.skip_reason:
+            out.append(op)
+        elif policy == Deletes.NEVER:
+            out.append(_never_deleted(op, provider))
+        else:
+            out.append(_approved_or_held(op, provider, pending.get(pending_key(op))))
+    return out
+
+
+def _never_deleted(op: Operation, provider: str) -> Operation:
+    if op.direction is Direction.OUTBOUND:
+        return replace(op, held=True, skip_reason=f"deletes = never: kept at {provider}",
+                       extra={**op.extra, "kept": True})
+    return Operation(Action.CREATE, op.entity, Direction.OUTBOUND,
+                     f"{op.reason}; deletes = never: re-created at {provider} from the book",
+                     canonical_id=op.canonical_id, key=op.key, after=op.before)
+
+
+def _approved_or_held(op: Operation, provider: str, pending: PendingDelete | None) -> Operation:
+    if pending is None or pending.status == AWAITING:
+        return replace(op, held=True, skip_reason="awaiting approval (`syncd deletes`)",
+                       extra={**op.extra, "pending": "waiting" if pending else "new"})
+    decision = {**op.extra, "decision": pending.id}
+    if pending.status == APPROVED:
+        return replace(op, reason=f"{op.reason} (deletion approved in change {pending.id})", extra=decision)
+    where = "the book" if op.direction is Direction.INBOUND else provider
+    restored = Direction.OUTBOUND if op.direction is Direction.INBOUND else Direction.INBOUND
+    return Operation(Action.CREATE, op.entity, restored,
+                     f"deletion declined in change {pending.id}: restored at {where}",
+                     canonical_id=op.canonical_id if restored is Direction.OUTBOUND else None,
+                     remote_id=op.remote_id if restored is Direction.INBOUND else None, key=op.key,
+                     after=op.before, extra=decision)

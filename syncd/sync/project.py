@@ -10,12 +10,12 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from syncd.model import BaseRecord, Contact, Group, LocalRecord, RemoteContact, RemoteGroup, RemoteRecord
 
-__all__ = ["Projection", "contact_fields", "group_fields", "local_contacts", "local_groups", "remote_contacts",
+__all__ = ["Projection", "Selection", "contact_fields", "group_fields", "local_contacts", "local_groups", "remote_contacts",
            "remote_groups"]
 
 
@@ -29,6 +29,34 @@ class Projection:
     """The provider records opt-outs syncd writes (smsend's blacklist): the opt-out is then a field."""
     group_fields: frozenset[str]
     """The canonical group attributes the provider stores."""
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which canonical records one provider takes (``include_groups`` / ``exclude_groups``), by group key."""
+
+    include: frozenset[str] | None = None  # None: every group
+    exclude: frozenset[str] = frozenset()
+
+    @property
+    def everything(self) -> bool:
+        return self.include is None and not self.exclude
+
+    def group(self, group: Group) -> bool:
+        return (self.include is None or group.key in self.include) and group.key not in self.exclude
+
+    def contacts(self, contacts: Mapping[int, Contact], groups: Mapping[int, Group]) -> dict[int, Contact]:
+        """The contacts the provider takes, each with only the groups it takes."""
+        if self.everything:
+            return dict(contacts)
+        taken = {gid for gid, g in groups.items() if self.group(g)}
+        excluded = {gid for gid, g in groups.items() if g.key in self.exclude}
+        out = {}
+        for cid, contact in contacts.items():
+            if contact.groups & excluded or (self.include is not None and not contact.groups & taken):
+                continue
+            out[cid] = replace(contact, groups=contact.groups & taken) if contact.groups - taken else contact
+        return out
 
 
 def contact_fields(provider: Projection, contact: Contact) -> dict[str, Any]:

@@ -37,13 +37,25 @@ from syncd.db.journal import FLOOR, Position
 from syncd.db.repo import Book, Store, utcnow
 from syncd.dberrors import database_outage
 from syncd.errors import LeaseLost, ProviderError, Unsupported
-from syncd.model import BaseRecord, Contact, Mode, Preference, RemoteGroup, fingerprint
+from syncd.model import BaseRecord, Contact, Deletes, Mode, Preference, RemoteGroup, fingerprint, group_key
 from syncd.providers import build_provider
 from syncd.providers.base import Provider
 from syncd.sync import project
 from syncd.sync.executor import Ledger, Pusher, RetryRules
 from syncd.sync.inbound import InboundApplier, Touched
-from syncd.sync.plan import Action, Direction, Entity, Operation, guard, log_entry
+from syncd.sync.plan import (
+    AWAITING,
+    CANCELLED,
+    Action,
+    Direction,
+    Entity,
+    Operation,
+    PendingDelete,
+    guard,
+    log_entry,
+    pending_key,
+    with_deletion_policy,
+)
 from syncd.sync.progress import Progress, Silent
 from syncd.sync.reconcile import Policy, reconcile
 from syncd.sync.scope import Part, Scope, Seeds, Window
@@ -129,6 +141,9 @@ class _Account:
     out_of_step_remote: set[str] = field(default_factory=set)
     finished: bool = False  # reconciled to the end: its position may move
     reconciled: bool = False  # its inbound phase reconciled its seeds; ``seeds`` now holds what is left
+    deletes: Deletes = Deletes.PROPAGATE
+    selection: project.Selection = field(default_factory=project.Selection)
+    pending: dict[tuple[str, str, int | None, str | None], PendingDelete] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -256,15 +271,23 @@ class Run:
         policy = Policy(settings.name, conflict=Preference(self.config.conflict_for(settings)), mode=Mode(settings.mode))
         fence = options.fence_for(settings.name) if options.fence_for else (lambda: None)
         report = ProviderReport(settings.name, keep_all=options.dry_run)
+        deletes = Deletes(self.config.deletes_for(settings))
+        selection = project.Selection(
+            frozenset(group_key(n) for n in settings.include_groups) if settings.include_groups is not None else None,
+            frozenset(group_key(n) for n in settings.exclude_groups))
         settings_print = fingerprint({"engine": ENGINE_VERSION, "type": settings.type, "mode": settings.mode,
-                                      "conflict": policy.conflict, "region": self.config.sync.default_region})
-        return _Account(settings, client, report, policy, fence, settings_print)
+                                      "conflict": policy.conflict, "region": self.config.sync.default_region,
+                                      "deletes": deletes, "include": sorted(selection.include or ["*"]),
+                                      "exclude": sorted(selection.exclude)})
+        return _Account(settings, client, report, policy, fence, settings_print, deletes=deletes, selection=selection)
 
     def _prepare(self, a: _Account, positions: Mapping[str, Position]) -> None:
         """What the account's reconcile starts from: its links to groups, its retry ledger, its seeds."""
         store = self.store
         a.group_links = store.load_links(a.name, "group")
         a.ledger = store.retry_ledger(a.name)
+        a.pending = {key: PendingDelete(id_, status) for key, (id_, status) in store.pending_deletes(a.name).items()}
+        self._warn_unknown_groups(a)
         a.position = positions.get(a.name)
         a.report.full = self._needs_full_run(a, positions)
         changes = store.journal_changes(a.name, a.position) if a.position is not None else None
@@ -284,6 +307,16 @@ class Run:
             if entity == "contact" and row.due(now, RetryRules().cap):
                 a.seeds.add(contacts=[cid] if cid is not None else [], remote=[rid] if rid is not None else [])
         log.info("run.scope", provider=a.name, full=False, canonical=len(a.seeds.contacts), remote=len(a.seeds.remote))
+
+    def _warn_unknown_groups(self, a: _Account) -> None:
+        """A selection naming no canonical group is a warning, not an error: the group may be created later."""
+        keys = {g.key for g in self.book.groups.values()}
+        named = [*(a.settings.include_groups or ()), *a.settings.exclude_groups]
+        for name in named:
+            if group_key(name) not in keys:
+                warning = f"include_groups/exclude_groups names {name!r}, which no canonical group has (yet)"
+                a.report.warnings.append(warning)
+                log.warning("selection.unknown_group", provider=a.name, group=name)
 
     def _needs_full_run(self, a: _Account, positions: Mapping[str, Position]) -> bool:
         p = a.position
@@ -427,17 +460,54 @@ class Run:
     def _plan_groups(self, a: _Account) -> list[Operation]:
         c = a.projection
         links, groups = _without_invalid(self.book.invalid_groups, a.group_links, a.groups)
-        ops = reconcile(Entity.GROUP, links, project.local_groups(c, self.book.groups),
-                        project.remote_groups(c, groups), a.policy)
+        taken = {gid: g for gid, g in self.book.groups.items() if a.selection.group(g)}
+        ops = reconcile(Entity.GROUP, links, project.local_groups(c, taken), project.remote_groups(c, groups),
+                        a.policy)
+        ops = self._decided(a, _left_selection(ops, self.book.groups.keys() - taken.keys(), a.name))
         return self._guard(a, Entity.GROUP, ops)
 
     def _plan_contacts(self, a: _Account, window: Window) -> list[Operation]:
         """The window's contact operations (the deletion guard is the caller's: it spans windows)."""
         c = a.projection
         group_links, _ = _without_invalid(self.book.invalid_groups, a.group_links, a.groups)
-        local = project.local_contacts(c, _without_groups(window.contacts, self._unplaceable(a, group_links)))
+        taken = a.selection.contacts(window.contacts, self.book.groups)
+        local = project.local_contacts(c, _without_groups(taken, self._unplaceable(a, group_links)))
         links, mirror = _without_invalid(window.invalid, window.links, window.mirror)
-        return reconcile(Entity.CONTACT, links, local, project.remote_contacts(c, mirror, group_links), a.policy)
+        ops = reconcile(Entity.CONTACT, links, local, project.remote_contacts(c, mirror, group_links), a.policy)
+        return self._decided(a, _left_selection(ops, window.contacts.keys() - taken.keys(), a.name))
+
+    def _decided(self, a: _Account, ops: list[Operation]) -> list[Operation]:
+        """The plan as the account's deletion policy has it (see :func:`syncd.sync.plan.with_deletion_policy`)."""
+        return with_deletion_policy(ops, a.deletes, a.name, a.pending)
+
+    def _hold_for_approval(self, a: _Account, ops: Sequence[Operation]) -> list[Operation]:
+        """Log each deletion newly held for approval (once); the operations to carry out.
+
+        Those held for approval are left out: their ``awaiting_approval`` row is their log.
+        """
+        fresh = [op for op in ops if op.extra.get("pending") == "new"]
+        if fresh:
+            with self.store.session() as s, s.begin():
+                ids = self.store.log(s, self.run_id, [log_entry(op, a.name, AWAITING) for op in fresh])
+            for op, id_ in zip(fresh, ids, strict=True):
+                a.pending[pending_key(op)] = PendingDelete(id_, AWAITING)
+            log.warning("deletes.awaiting_approval", provider=a.name, count=len(fresh))
+        return [op for op in ops if "pending" not in op.extra]
+
+    def _call_off(self, a: _Account, ops: Sequence[Operation], window: Window) -> None:
+        """Pending deletes of this window's records that the plan no longer has: the record came back or changed."""
+        planned = {pending_key(op) for op in ops if op.action is Action.DELETE or "decision" in op.extra}
+        records = {*window.links, *window.contacts} | {l.remote_id for l in window.links.values()} | {*window.mirror}
+        gone = [(key, p) for key, p in a.pending.items() if key[0] == "contact" and key not in planned
+                and (key[2] in records or key[3] in records)]
+        if not gone:
+            return
+        with self.store.session() as s, s.begin():
+            self.store.settle_pending_deletes(s, [p.id for _, p in gone], status=CANCELLED,
+                                              note="called off: the record came back or changed")
+        for key, _ in gone:
+            del a.pending[key]
+        log.info("deletes.called_off", provider=a.name, count=len(gone))
 
     def _guard(self, a: _Account, entity: Entity, ops: Sequence[Operation]) -> list[Operation]:
         if not any(op.action is Action.DELETE for op in ops):
@@ -472,7 +542,7 @@ class Run:
         ops = self._plan_groups(a)
         inbound = [op for op in ops if op.direction is Direction.INBOUND or op.action is Action.UNLINK]
         a.report.planned(inbound)
-        self._applier(a).apply(inbound, None)
+        self._applier(a).apply(self._hold_for_approval(a, inbound), None)
         self._seed_group_members(a, ops)
 
     def _seed_group_members(self, a: _Account, ops: Iterable[Operation]) -> None:
@@ -497,14 +567,15 @@ class Run:
         left = Seeds()
         for part in parts:
             window = self._load(a, part)
-            ops = [op for op in self._plan_contacts(a, window)
-                   if op.direction is Direction.INBOUND or op.action is Action.UNLINK]
+            plan = self._plan_contacts(a, window)
+            self._call_off(a, plan, window)
+            ops = [op for op in plan if op.direction is Direction.INBOUND or op.action is Action.UNLINK]
             if len(parts) > 1:  # the guard counts deletes over every window: they wait for the others
                 ops = deferred.take(ops, window)
             else:
                 ops = self._guard(a, Entity.CONTACT, ops)
             a.report.planned(ops)
-            applier.apply(ops, window)
+            applier.apply(self._hold_for_approval(a, ops), window)
             again = self._plan_contacts(a, window)  # the window as its inbound operations left it
             if a.settings.mode == "pull":
                 self._note_out_of_step(a, window, again)
@@ -513,7 +584,7 @@ class Run:
         if deferred.ops:
             ops = self._guard(a, Entity.CONTACT, deferred.ops)
             a.report.planned(ops)
-            applier.apply(ops, deferred.window)
+            applier.apply(self._hold_for_approval(a, ops), deferred.window)
             _add_records(left, ops)
         a.seeds, a.reconciled = left, True
         if a.settings.mode == "pull":
@@ -552,7 +623,7 @@ class Run:
             a.finished = True
 
     async def _push_all(self, a: _Account, pusher: Pusher) -> None:
-        group_ops = self._outbound_ops(a, pusher, self._plan_groups(a))
+        group_ops = self._hold_for_approval(a, self._outbound_ops(a, pusher, self._plan_groups(a)))
         self._seed_group_members(a, group_ops)
         await pusher.push([op for op in group_ops if op.action is not Action.DELETE], None)
         parts = self._parts(a)
@@ -563,20 +634,21 @@ class Run:
                 return
             window = self._load(a, part)
             plan = self._plan_contacts(a, window)
-            if applier is not None:
+            if applier is not None:  # no inbound phase of its own (see _steps)
+                self._call_off(a, plan, window)
                 inbound = [op for op in plan if op.direction is Direction.INBOUND or op.action is Action.UNLINK]
                 if inbound:
                     a.report.planned(inbound)
-                    applier.apply(inbound, window)
+                    applier.apply(self._hold_for_approval(a, inbound), window)
                     plan = self._plan_contacts(a, window)
             ops = self._outbound_ops(a, pusher, plan, guard_now=len(parts) == 1)
             if len(parts) > 1:
                 ops = deferred.take(ops, window)
-            await pusher.push(ops, window)
+            await pusher.push(self._hold_for_approval(a, ops), window)
             self._note_out_of_step(a, window, self._plan_contacts(a, window), pusher, deferred)
         if deferred.ops:
             ops = self._outbound_ops(a, pusher, deferred.ops, guard_now=True)
-            await pusher.push(ops, deferred.window)
+            await pusher.push(self._hold_for_approval(a, ops), deferred.window)
             self._note_unfinished_deletes(a, ops, pusher)
         await pusher.push([op for op in group_ops if op.action is Action.DELETE], None)
 
@@ -600,6 +672,8 @@ class Run:
         for op in again:
             if op.action is Action.DUPLICATE or (op.action is Action.CONFLICT and op.held):
                 continue  # reported already; a conflict waits for `syncd resolve`, which journals it
+            if op.held and ("pending" in op.extra or op.extra.get("kept")):
+                continue  # a deletion awaiting approval (`syncd deletes` journals it) or kept by `never`
             if pusher is not None and pusher.waiting_reason(op):
                 continue  # rejected (until it changes) or backing off (the retry ledger brings it back)
             if (op.canonical_id, op.remote_id) in waiting:
@@ -698,6 +772,15 @@ async def _all(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
     for result in await asyncio.gather(*coros, return_exceptions=True):
         if isinstance(result, BaseException):
             raise result
+
+
+def _left_selection(ops: list[Operation], outside: Collection[int], provider: str) -> list[Operation]:
+    """Deletes at the provider of canonical records it does not take (any more) say so."""
+    if not outside:
+        return ops
+    return [replace(op, reason=f"left the selection of {provider}")
+            if op.direction is Direction.OUTBOUND and op.action is Action.DELETE and op.canonical_id in outside
+            else op for op in ops]
 
 
 def _add_records(seeds: Seeds, ops: Iterable[Operation]) -> None:
