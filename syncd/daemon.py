@@ -3,7 +3,7 @@
 * APScheduler 3 fires one run at start and then every ``schedule.interval_seconds``
   (job ``max_instances=1``, ``coalesce=True``: a run longer than the interval
   delays the next tick instead of stacking runs).
-* Each run claims the lease of every enabled account (:mod:`syncd.leases`),
+* Each run claims the lease of every enabled account (:mod:`syncd.db.leases`),
   skips the accounts another live replica holds, runs
   :func:`~syncd.sync.run.run_once` on the rest with their fences, renews the
   leases while it goes on and releases them at the end.
@@ -56,11 +56,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from syncd.config import Config, format_config_error, load_config
 from syncd.db.engine import make_engine
+from syncd.db.leases import Busy, LeaseManager, lease_ttl
 from syncd.db.migrate import check_schema
 from syncd.db.models import ChangeLogRow, SyncRunRow
 from syncd.dberrors import database_outage, describe_database_error, safe_database_url
 from syncd.errors import ConfigError, SchemaError
-from syncd.leases import Busy, LeaseManager, lease_ttl
 from syncd.logs import configure_logging
 from syncd.metrics import Metrics, MetricsServer, ProviderOutcome, last_successes, operation_counts
 from syncd.notify import Notifier, watchdog_interval

@@ -31,7 +31,7 @@ def run_sync(app: AppContext, providers: tuple[str, ...], *, dry_run: bool, allo
     if dry_run:
         return run_plan(app, providers, detailed_exitcode=False, full=full)
     from syncd.cli.progress import terminal_progress
-    from syncd.leases import LeaseManager, lease_ttl
+    from syncd.db.leases import LeaseManager, lease_ttl
     from syncd.sync.run import run_once
 
     _check_names(app, providers)

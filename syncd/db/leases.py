@@ -47,12 +47,13 @@ from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
+from syncd.db.clock import utcnow
 from syncd.db.models import SyncLeaseRow
 from syncd.errors import LeaseLost, SyncdError
 
 __all__ = ["Busy", "Hold", "Lease", "LeaseManager", "lease_ttl", "pid_alive"]
 
-log = structlog.get_logger("syncd.leases")
+log = structlog.get_logger("syncd.db.leases")
 
 _LEASES = SyncLeaseRow.__table__
 
@@ -70,10 +71,6 @@ def lease_ttl(interval_seconds: float) -> float:
     floor keeps a slow database transaction from losing the lease.
     """
     return min(60.0, max(5.0, 2.0 * interval_seconds))
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def pid_alive(pid: int) -> bool:
