@@ -30,22 +30,22 @@
   first run and then at most once a day (open ``manual`` conflicts are kept).
 
 :func:`serve` is the core, kopf-style: the caller may pass its own ``stop``
-event and ``on_ready`` callback (tests run it in a thread); :func:`serve_cli`
-is what ``syncd run`` calls.
+event and ``on_ready`` callback (tests run it in a thread). ``syncd run``
+builds a :class:`Daemon` in :func:`syncd.cli.commands.run_daemon`: the daemon
+knows nothing of the command line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobEvent
@@ -54,7 +54,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine, and_, delete, not_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncd.config import Config, format_config_error, load_config
+from syncd.config import Config, format_config_error
 from syncd.db.engine import make_engine
 from syncd.db.leases import Busy, LeaseManager, lease_ttl
 from syncd.db.migrate import check_schema
@@ -66,10 +66,7 @@ from syncd.metrics import Metrics, MetricsServer, ProviderOutcome, last_successe
 from syncd.notify import Notifier, watchdog_interval
 from syncd.sync.run import RunReport, owner_id, run_once
 
-if TYPE_CHECKING:
-    from syncd.cli import AppContext
-
-__all__ = ["Daemon", "Outage", "fail_running_runs", "open_engine", "prune_change_log", "serve", "serve_cli"]
+__all__ = ["Daemon", "Outage", "fail_running_runs", "open_engine", "prune_change_log", "serve"]
 
 log = structlog.get_logger("syncd.daemon")
 
@@ -541,23 +538,3 @@ def serve(config_loader: ConfigLoader, *, stop: threading.Event | None = None,
     ``notifier``, ``client_options``, ``stop_grace``, ``ttl``).
     """
     return Daemon(config_loader, stop=stop, on_ready=on_ready, **options).serve(handle_signals=handle_signals)
-
-
-def serve_cli(app: AppContext) -> int:
-    """``syncd run``: the loaded configuration, the checked database, signals, sd_notify."""
-    config = app.config
-    engine = app.engine()
-    path = config.path
-    if path is None:  # a Config built in code: nothing to reload from
-        def loader() -> Config:
-            raise ConfigError(["the configuration was not read from a file; nothing to reload"])
-    else:
-        def loader() -> Config:
-            return load_config(path)
-    daemon = Daemon(loader, config=config, engine=engine)
-    code = daemon.serve()
-    if daemon.abandoned:
-        # The worker thread is stuck in a request: do not let interpreter shutdown wait for it.
-        logging.shutdown()
-        os._exit(code)
-    return code

@@ -165,9 +165,9 @@ def plan(app: AppContext, providers: tuple[str, ...], detailed_exitcode: bool, f
 @catch_errors
 def run(app: AppContext) -> None:
     """The daemon: a run every schedule.interval_seconds until SIGTERM/SIGINT."""
-    from syncd.daemon import serve_cli
+    from syncd.cli.commands import run_daemon
 
-    sys.exit(serve_cli(app))
+    sys.exit(run_daemon(app))
 
 
 @cli.command()

@@ -1,8 +1,9 @@
-"""The engine-facing commands: sync, plan, resolve."""
+"""The engine-facing commands: sync, plan, run (the daemon), resolve."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import click
@@ -11,9 +12,10 @@ from syncd.cli.views import render_table
 
 if TYPE_CHECKING:
     from syncd.cli import AppContext
+    from syncd.config import Config
     from syncd.sync.run import RunReport
 
-__all__ = ["print_plan", "print_summary", "resolve_conflict", "run_plan", "run_sync"]
+__all__ = ["print_plan", "print_summary", "resolve_conflict", "run_daemon", "run_plan", "run_sync"]
 
 SUMMARY_KEYS = ("pulled", "created_in", "updated_in", "deleted_in", "created_out", "updated_out", "deleted_out",
                 "conflicts", "rejected", "failed")
@@ -99,3 +101,33 @@ def resolve_conflict(app: AppContext, change_id: int, keep: str) -> int:
     message = resolve(app.engine(), change_id, keep)
     click.echo(message)
     return 0
+
+
+def run_daemon(app: AppContext) -> int:
+    """``syncd run``: the daemon on the loaded configuration and the checked database, until SIGTERM/SIGINT."""
+    import logging
+    import os
+
+    from syncd.daemon import Daemon
+
+    config = app.config
+    daemon = Daemon(_reloader(config), config=config, engine=app.engine())
+    code = daemon.serve()
+    if daemon.abandoned:
+        # The worker thread is stuck in a request: do not let interpreter shutdown wait for it.
+        logging.shutdown()
+        os._exit(code)
+    return code
+
+
+def _reloader(config: Config) -> Callable[[], Config]:
+    """What SIGHUP loads: the file ``config`` was read from; a Config built in code has none to reload."""
+    from syncd.config import load_config
+    from syncd.errors import ConfigError
+
+    path = config.path
+    if path is None:
+        def refuse() -> Config:
+            raise ConfigError(["the configuration was not read from a file; nothing to reload"])
+        return refuse
+    return lambda: load_config(path)
