@@ -6,7 +6,8 @@
 * Each run claims the lease of every enabled account (:mod:`syncd.db.leases`),
   skips the accounts another live replica holds, runs
   :func:`~syncd.sync.run.run_once` on the rest with their fences, renews the
-  leases while it goes on and releases them at the end.
+  leases while it goes on and releases them at the end
+  (:func:`syncd.runner.run_leased`, which ``syncd sync`` shares).
 * SIGTERM/SIGINT set the stop flag: the run takes no new operation, settles
   the requests in flight (or leaves them ``pending`` for the next run), and the
   process exits 0. A run that has not stopped after ``stop_grace`` seconds is
@@ -64,7 +65,8 @@ from syncd.errors import ConfigError, SchemaError
 from syncd.logs import configure_logging
 from syncd.metrics import Metrics, MetricsServer, ProviderOutcome, last_successes, operation_counts
 from syncd.notify import Notifier, watchdog_interval
-from syncd.sync.run import RunReport, owner_id, run_once
+from syncd.runner import enabled_accounts, run_leased
+from syncd.sync.run import RunReport, owner_id
 
 __all__ = ["Daemon", "Outage", "fail_running_runs", "open_engine", "prune_change_log", "serve"]
 
@@ -249,18 +251,11 @@ class Daemon:
 
     def _run(self, config: Config, engine: Engine, leases: LeaseManager) -> None:
         started = time.monotonic()
-        names = [p.name for p in config.providers if p.enabled]
         try:
             self._close_unfinished_run(engine)
-            with leases.hold(names) as held:
-                for busy in held.busy:
-                    log.info("lease.busy", provider=busy.provider, holder=busy.owner,
-                             until=busy.expires_at.isoformat())
-                report = None
-                if held.claimed and not self.stop.is_set():
-                    report = self._run_async(run_once(
-                        config, engine, only=held.claimed, trigger="schedule", stopping=self.stop.is_set,
-                        fence_for=held.fence_for, client_options=self.client_options))
+            outcome = run_leased(config, engine, leases, enabled_accounts(config), on_busy=_log_busy,
+                                 start=self._run_async, trigger="schedule", stopping=self.stop.is_set,
+                                 client_options=self.client_options)
         except asyncio.CancelledError:
             self._mark_cancelled(engine)
             return
@@ -269,7 +264,7 @@ class Daemon:
             self._run_failed(exc, config)
             return
         self._database_back()
-        self._after_run(report, held.busy, time.monotonic() - started, engine)
+        self._after_run(outcome.report, outcome.busy, time.monotonic() - started, engine)
 
     def _run_failed(self, exc: Exception, config: Config) -> None:
         """Report a run that raised: a database outage as one line, anything else as a crash with its traceback."""
@@ -510,6 +505,10 @@ def prune_change_log(engine: Engine, days: int, *, now: datetime | None = None, 
         total += len(ids)
         if len(ids) < batch:
             return total
+
+
+def _log_busy(busy: Busy) -> None:
+    log.info("lease.busy", provider=busy.provider, holder=busy.owner, until=busy.expires_at.isoformat())
 
 
 _CHANGE_KEYS = ("created_in", "updated_in", "deleted_in", "created_out", "updated_out", "deleted_out")

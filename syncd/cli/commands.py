@@ -13,6 +13,7 @@ from syncd.cli.views import render_table
 if TYPE_CHECKING:
     from syncd.cli import AppContext
     from syncd.config import Config
+    from syncd.db.leases import Busy
     from syncd.sync.run import RunReport
 
 __all__ = ["print_plan", "print_summary", "resolve_conflict", "run_daemon", "run_plan", "run_sync"]
@@ -30,25 +31,37 @@ def _check_names(app: AppContext, names: tuple[str, ...]) -> None:
 
 def run_sync(app: AppContext, providers: tuple[str, ...], *, dry_run: bool, allow_mass_delete: bool,
              full: bool = False) -> int:
+    """``syncd sync``: one run of the enabled accounts (those named, if any) whose leases it gets."""
     if dry_run:
         return run_plan(app, providers, detailed_exitcode=False, full=full)
     from syncd.cli.progress import terminal_progress
     from syncd.db.leases import LeaseManager, lease_ttl
-    from syncd.sync.run import run_once
+    from syncd.runner import enabled_accounts, run_leased
 
     _check_names(app, providers)
     config, engine = app.config, app.engine()
-    names = [p.name for p in config.providers if p.enabled and (not providers or p.name in providers)]
+    accounts = enabled_accounts(config, providers)
     # The daemon's leases: a manual sync never syncs an account a replica is syncing.
-    with LeaseManager(engine, ttl=lease_ttl(config.schedule.interval_seconds)).hold(names) as held:
-        for busy in held.busy:
-            click.echo(f"error: {busy.describe()}: skipped, try again when that run ends", err=True)
-        if names and not held.claimed:
+    leases = LeaseManager(engine, ttl=lease_ttl(config.schedule.interval_seconds))
+    outcome = run_leased(config, engine, leases, accounts, on_busy=_say_busy, progress=terminal_progress,
+                         allow_mass_delete=allow_mass_delete, full=full)
+    if outcome.report is None:
+        if outcome.busy:
             return 1
-        report = asyncio.run(run_once(config, engine, only=held.claimed, allow_mass_delete=allow_mass_delete,
-                                      full=full, progress=terminal_progress(), fence_for=held.fence_for))
-    print_summary(report)
-    return 1 if report.failed or held.busy else 0
+        click.echo(f"Nothing to sync: {_no_account(providers)}.")
+        return 0
+    print_summary(outcome.report)
+    return 1 if outcome.report.failed or outcome.busy else 0
+
+
+def _say_busy(busy: Busy) -> None:
+    click.echo(f"error: {busy.describe()}: skipped, try again when that run ends", err=True)
+
+
+def _no_account(providers: tuple[str, ...]) -> str:
+    if providers:
+        return f"{', '.join(providers)} {'is' if len(providers) == 1 else 'are'} disabled (enabled = false)"
+    return "no provider is enabled"
 
 
 def run_plan(app: AppContext, providers: tuple[str, ...], *, detailed_exitcode: bool, full: bool = False) -> int:
