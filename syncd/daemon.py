@@ -52,23 +52,25 @@ import structlog
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import Engine, and_, delete, not_, select, update
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncd.config import Config, format_config_error
+from syncd.db.clock import utcnow
 from syncd.db.engine import make_engine
+from syncd.db.housekeeping import fail_running_runs, prune_change_log
 from syncd.db.leases import Busy, LeaseManager, lease_ttl
 from syncd.db.migrate import check_schema
-from syncd.db.models import ChangeLogRow, SyncRunRow
+from syncd.db.reports import OperationCount, last_successes, operation_counts
 from syncd.dberrors import database_outage, describe_database_error, safe_database_url
 from syncd.errors import ConfigError, SchemaError
 from syncd.logs import configure_logging
-from syncd.metrics import Metrics, MetricsServer, ProviderOutcome, last_successes, operation_counts
+from syncd.metrics import Metrics, MetricsServer, ProviderOutcome
 from syncd.notify import Notifier, watchdog_interval
 from syncd.runner import enabled_accounts, run_leased
 from syncd.sync.run import RunReport, owner_id
 
-__all__ = ["Daemon", "Outage", "fail_running_runs", "open_engine", "prune_change_log", "serve"]
+__all__ = ["Daemon", "Outage", "open_engine", "serve"]
 
 log = structlog.get_logger("syncd.daemon")
 
@@ -82,10 +84,6 @@ CANCEL_GRACE = 5.0
 #: How often the main thread looks at signals and reload requests.
 _POLL = 0.2
 RETENTION_EVERY = timedelta(days=1)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,9 +293,10 @@ class Daemon:
                 pass
 
     def _mark_cancelled(self, engine: Engine) -> None:
-        log.warning("run.cancelled", reason="stopped before the run finished; the next run resumes its work")
+        reason = "stopped before the run finished; the next run resumes its work"
+        log.warning("run.cancelled", reason=reason)
         try:
-            fail_running_runs(engine, "stopped before the run finished; the next run resumes its work")
+            fail_running_runs(engine, owner_id(), reason)
         except SQLAlchemyError as exc:
             log.warning("run.cancel_record_failed", error=str(exc).splitlines()[0])
 
@@ -340,8 +339,8 @@ class Daemon:
         """
         if not self._unfinished_run:
             return
-        closed = fail_running_runs(engine, "interrupted: the run failed before it could record its end "
-                                           "(see the log); the next run resumed its work")
+        closed = fail_running_runs(engine, owner_id(), "interrupted: the run failed before it could record its "
+                                                       "end (see the log); the next run resumed its work")
         self._unfinished_run = False
         if closed:
             log.info("run.closed_unfinished", runs=closed)
@@ -368,7 +367,7 @@ class Daemon:
                  stopped_early=self.stop.is_set(), providers={p.name: p.summary() for p in report.providers})
         self.notifier.status(self._status_line(report))
 
-    def _operation_counts(self, engine: Engine, run_id: int) -> list[tuple[str, str, str, str, int]]:
+    def _operation_counts(self, engine: Engine, run_id: int) -> list[OperationCount]:
         try:
             return operation_counts(engine, run_id)
         except SQLAlchemyError as exc:  # the database went just after the run, which is recorded: only metrics lose
@@ -477,34 +476,6 @@ def open_engine(config: Config) -> Engine:
         engine.dispose()
         raise
     return engine
-
-
-def fail_running_runs(engine: Engine, error: str) -> int:
-    """Mark this process's ``running`` sync_runs rows failed with ``error``; how many there were."""
-    with engine.begin() as conn:
-        result = conn.execute(update(SyncRunRow).where(SyncRunRow.owner == owner_id(), SyncRunRow.status == "running")
-                              .values(status="failed", finished_at=utcnow(), error=error))
-    return result.rowcount or 0
-
-
-def prune_change_log(engine: Engine, days: int, *, now: datetime | None = None, batch: int = 5000) -> int:
-    """Delete change_log rows older than ``days`` (open manual conflicts kept); the number deleted.
-
-    In batches, so a first prune of a large table never holds SQLite's write lock for long.
-    """
-    cutoff = (now or utcnow()) - timedelta(days=days)
-    open_conflict = and_(ChangeLogRow.action == "conflict", ChangeLogRow.status == "planned",
-                         ChangeLogRow.resolved_at.is_(None))
-    total = 0
-    while True:
-        with engine.begin() as conn:
-            ids = conn.execute(select(ChangeLogRow.id).where(ChangeLogRow.at < cutoff, not_(open_conflict))
-                               .limit(batch)).scalars().all()
-            if ids:
-                conn.execute(delete(ChangeLogRow).where(ChangeLogRow.id.in_(ids)))
-        total += len(ids)
-        if len(ids) < batch:
-            return total
 
 
 def _log_busy(busy: Busy) -> None:

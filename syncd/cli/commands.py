@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from syncd.cli.views import render_table
+from syncd.cli.views import SUMMARY_KEYS, render_table
 
 if TYPE_CHECKING:
     from syncd.cli import AppContext
@@ -17,9 +17,6 @@ if TYPE_CHECKING:
     from syncd.sync.run import RunReport
 
 __all__ = ["print_plan", "print_summary", "resolve_conflict", "run_daemon", "run_plan", "run_sync"]
-
-SUMMARY_KEYS = ("pulled", "created_in", "updated_in", "deleted_in", "created_out", "updated_out", "deleted_out",
-                "conflicts", "rejected", "failed")
 
 
 def _check_names(app: AppContext, names: tuple[str, ...]) -> None:
