@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from syncd.config import Config
+    from syncd.db.conflicts import Side
 
 __all__ = ["main"]
 
@@ -199,7 +200,7 @@ def log(app: AppContext, provider: str | None, run_id: int | None, limit: int, a
 @click.option("--keep", type=click.Choice(["local", "remote"]), required=True, help="Which side's version wins.")
 @pass_app
 @catch_errors
-def resolve(app: AppContext, change_id: int, keep: str) -> None:
+def resolve(app: AppContext, change_id: int, keep: Side) -> None:
     """Settle a conflict held by the `manual` policy; the next run carries it out."""
     from syncd.cli.commands import resolve_conflict
 

@@ -13,6 +13,7 @@ from syncd.cli.views import SUMMARY_KEYS, render_table
 if TYPE_CHECKING:
     from syncd.cli import AppContext
     from syncd.config import Config
+    from syncd.db.conflicts import Side
     from syncd.db.leases import Busy
     from syncd.sync.run import RunReport
 
@@ -105,7 +106,8 @@ def print_plan(report: RunReport) -> None:
     click.echo(f"\n{sum(1 for p in report.providers for op in p.plan if op.is_change)} change(s) pending.")
 
 
-def resolve_conflict(app: AppContext, change_id: int, keep: str) -> int:
+def resolve_conflict(app: AppContext, change_id: int, keep: Side) -> int:
+    """``syncd resolve``: settle a held conflict; the next run carries the decision out."""
     from syncd.sync.resolve import resolve
 
     message = resolve(app.engine(), change_id, keep)
