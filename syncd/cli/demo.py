@@ -8,6 +8,7 @@ changes made on each side in between, and each run's change log is printed.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -19,8 +20,12 @@ from syncd.db.migrate import upgrade
 from syncd.db.outside_edits import insert_contacts, rename_contact
 from syncd.db.reports import run_changes
 from syncd.simulators import Faults, SimulatorServer, start_simulator
+from syncd.simulators.sendhub import SendHubAccount
 
 __all__ = ["run_demo"]
+
+Step = tuple[str, Callable[[], str] | None]
+"""A run's title, and the change made before it (None: nothing changes)."""
 
 
 def _settings(server: SimulatorServer, name: str) -> ProviderSettings:
@@ -59,12 +64,12 @@ def run_demo(db_path: str) -> int:
     return 1 if failed else 0
 
 
-def _steps(engine: Engine, sendhub: SimulatorServer):
-    account = sendhub.state
-    first = lambda: next(iter(account.contacts.values()))  # noqa: E731
+def _steps(engine: Engine, sendhub: SimulatorServer) -> list[Step]:
+    """The demo's runs in order, each with the change made just before it."""
+    account: SendHubAccount = sendhub.state
 
     def edit_at_sendhub() -> str:
-        contact = first()
+        contact = next(iter(account.contacts.values()))
         account.edit_contact(contact.id, name="Renamed AtSendHub")
         return f"SendHub contact {contact.number} renamed to 'Renamed AtSendHub'"
 
