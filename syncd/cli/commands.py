@@ -11,7 +11,7 @@ import click
 from syncd.cli.views import SUMMARY_KEYS, render_table
 
 if TYPE_CHECKING:
-    from syncd.cli import AppContext
+    from syncd.cli.app import AppContext
     from syncd.config import Config
     from syncd.db.conflicts import Side
     from syncd.db.leases import Busy

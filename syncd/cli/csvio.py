@@ -93,7 +93,7 @@ from syncd.phones import InvalidPhone, to_e164
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from syncd.cli import AppContext
+    from syncd.cli.app import AppContext
 
 __all__ = [
     "CsvFileError",
