@@ -18,3 +18,13 @@ def test_import_contracts_hold():
     assert result.returncode == 0, result.stdout + result.stderr
     contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
     assert f"{len(contracts)} kept, 0 broken" in result.stdout
+
+
+def test_only_the_cli_and_the_daemon_may_use_click_and_apscheduler():
+    """The contract that says so names every other top-level module: a new one must be added to it."""
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    [contract] = [c for c in contracts if set(c["forbidden_modules"]) == {"click", "apscheduler"}]
+    package = ROOT / "syncd"
+    modules = {f"syncd.{path.stem}" for path in package.glob("*.py") if path.stem != "__init__"}
+    modules |= {f"syncd.{path.parent.name}" for path in package.glob("*/__init__.py")}
+    assert modules - set(contract["source_modules"]) == {"syncd.cli", "syncd.daemon", "syncd.__main__"}
