@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import click
 
@@ -21,49 +21,55 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 pass_app = click.make_pass_decorator(AppContext)
 
 
-def catch_errors(func: F) -> F:
+def catch_errors(func: Callable[P, R]) -> Callable[P, R]:
     """Turn syncd's errors into a message and an exit code (vdirsyncer's ``catch_errors``)."""
 
     @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from syncd.errors import ConfigError, SchemaError, SyncdError
-
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
-        except ConfigError as err:
-            from syncd.config import format_config_error
-
-            click.echo(format_config_error(err), err=True)
-            sys.exit(2)
-        except SchemaError as err:
-            click.echo(f"error: {err}", err=True)
-            sys.exit(2)
-        except SyncdError as err:
-            click.echo(f"error: {err}", err=True)
-            sys.exit(1)
         except (click.ClickException, click.Abort):
-            raise
+            raise  # click reports these itself
         except Exception as err:
-            import structlog
+            message, code = _failure(err)
+            click.echo(message, err=True)
+            sys.exit(code)
 
-            from syncd.dberrors import database_outage, describe_database_error
+    return wrapper
 
-            outage = database_outage(err)
-            if outage is not None:  # not a bug: the database is down, locked or unreachable
-                click.echo(f"error: the database cannot be used: {describe_database_error(outage)}", err=True)
-                sys.exit(1)
-            # A bug: one redacted line here, the traceback in the (redacted) log.
-            structlog.get_logger("syncd.cli").exception("cli.crashed")
-            click.echo(f"error: internal error ({type(err).__name__}); the log above has the details", err=True)
-            sys.exit(1)
 
-    return wrapper  # type: ignore[return-value]
+def _failure(err: Exception) -> tuple[str, int]:
+    """What to say about ``err``, which ended a command, and the exit code: 2 for config and schema, else 1."""
+    from syncd.errors import ConfigError, SchemaError, SyncdError
+
+    if isinstance(err, ConfigError):
+        from syncd.config import format_config_error
+
+        return format_config_error(err), 2
+    if isinstance(err, SyncdError):
+        return f"error: {err}", 2 if isinstance(err, SchemaError) else 1
+    return _unexpected(err), 1
+
+
+def _unexpected(err: Exception) -> str:
+    """The line for an error syncd did not raise itself: a database outage, or a bug (logged with its traceback)."""
+    import structlog
+
+    from syncd.dberrors import database_outage, describe_database_error
+
+    outage = database_outage(err)
+    if outage is not None:  # not a bug: the database is down, locked or unreachable
+        return f"error: the database cannot be used: {describe_database_error(outage)}"
+    # A bug: one redacted line here, the traceback in the (redacted) log; still inside the except, so it has it.
+    structlog.get_logger("syncd.cli").exception("cli.crashed")
+    return f"error: internal error ({type(err).__name__}); the log above has the details"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
