@@ -86,7 +86,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncd.db.book_io import BookContact, ContactImport, export_contacts, import_contacts
+from syncd.db.book_io import BookExport, ContactImport, StoredContact, export_contacts, import_contacts
 from syncd.model import group_key
 from syncd.phones import InvalidPhone, to_e164
 
@@ -180,17 +180,8 @@ class Parsed:
 
 def import_csv(app: AppContext, file: str, *, skip_invalid: bool) -> int:
     """``syncd import``: validate ``file``, then upsert it in one transaction. Returns the exit code."""
-    try:
-        text, warning = read_text(Path(file))
-        if warning:
-            click.echo(f"warning: {warning.render(file)}", err=True)
-        parsed = parse_csv(text, app.config.sync.default_region)
-    except OSError as exc:
-        click.echo(f"error: cannot read {file}: {exc.strerror or exc}", err=True)
-        return 2
-    except CsvFileError as err:
-        _report(file, err.problems)
-        click.echo(f"error: {file}: nothing imported", err=True)
+    parsed = _read_and_parse(file, app.config.sync.default_region)
+    if parsed is None:
         return 2
     _report(file, parsed.problems)
     if parsed.problems and not skip_invalid:
@@ -209,6 +200,21 @@ def import_csv(app: AppContext, file: str, *, skip_invalid: bool) -> int:
     if parsed.invalid_rows:
         click.echo(f"warning: {file}: skipped {parsed.invalid_rows} invalid row(s), listed above", err=True)
     return 0
+
+
+def _read_and_parse(file: str, region: str) -> Parsed | None:
+    """``file`` read and validated; None, once the reason is printed, when the file as a whole is unusable."""
+    try:
+        text, warning = read_text(Path(file))
+        if warning:
+            click.echo(f"warning: {warning.render(file)}", err=True)
+        return parse_csv(text, region)
+    except OSError as exc:
+        click.echo(f"error: cannot read {file}: {exc.strerror or exc}", err=True)
+    except CsvFileError as err:
+        _report(file, err.problems)
+        click.echo(f"error: {file}: nothing imported", err=True)
+    return None
 
 
 def export_csv(app: AppContext, file: str) -> int:
@@ -438,23 +444,23 @@ class Export:
 
 def export_rows(engine: Engine) -> Export:
     """Every contact (by id) as neutralised cells, under the header."""
-    contacts = export_contacts(engine)
-    keys = sorted({str(k) for c in contacts if isinstance(c.extra, dict) for k in c.extra})
+    book = export_contacts(engine)
+    keys = sorted({str(k) for c in book.contacts if isinstance(c.extra, dict) for k in c.extra})
     header = ["phone", "name", "surname", "email", "groups", *(extra_column(k) for k in keys), "opted_out"]
-    rows = [_export_row(c, sorted(c.groups, key=group_key), keys) for c in contacts]
-    return Export([neutralise(h) for h in header], rows, _export_warnings(contacts))
+    rows = [_export_row(c, sorted(book.groups.get(c.id, []), key=group_key), keys) for c in book.contacts]
+    return Export([neutralise(h) for h in header], rows, _export_warnings(book))
 
 
-def _export_warnings(contacts: Sequence[BookContact]) -> list[str]:
+def _export_warnings(book: BookExport) -> list[str]:
     warnings = [f"contact {c.id}: extra is not a JSON object ({type(c.extra).__name__}); left out"
-                for c in contacts if not isinstance(c.extra, dict)]
-    split = sorted({name for c in contacts for name in c.groups if GROUP_SEPARATOR in name})
+                for c in book.contacts if not isinstance(c.extra, dict)]
+    split = sorted({name for names in book.groups.values() for name in names if GROUP_SEPARATOR in name})
     warnings += [f"group {name!r} contains {GROUP_SEPARATOR!r}: importing the file reads it as several groups"
                  for name in split]
     return warnings
 
 
-def _export_row(contact: BookContact, groups: list[str], keys: list[str]) -> list[str]:
+def _export_row(contact: StoredContact, groups: list[str], keys: list[str]) -> list[str]:
     extra = contact.extra if isinstance(contact.extra, dict) else {}
     phone = contact.phone if _E164.fullmatch(contact.phone) else neutralise(contact.phone)
     cells = [contact.name, contact.surname, contact.email, GROUP_SEPARATOR.join(groups),

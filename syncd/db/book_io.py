@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, Row, insert, select, update
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.orm import Session
 
 from syncd.db.clock import utcnow
@@ -29,16 +29,25 @@ from syncd.db.models import ContactRow, GroupMemberRow, GroupRow
 from syncd.model import group_key
 from syncd.phones import InvalidPhone, to_e164
 
-__all__ = ["BookContact", "ContactImport", "ImportCounts", "export_contacts", "import_contacts"]
+__all__ = ["BookExport", "ContactImport", "ImportCounts", "StoredContact", "export_contacts", "import_contacts"]
 
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 
-#: The columns of a contact that import compares and writes.
+#: The columns of a contact that import compares and export writes.
 _CONTACT_COLUMNS = (ContactRow.id, ContactRow.phone, ContactRow.name, ContactRow.surname, ContactRow.email,
                     ContactRow.extra, ContactRow.opted_out)
 
-StoredContact = Row[tuple[int, str, str, str, str, Any, bool]]
-"""A contact's :data:`_CONTACT_COLUMNS` as read (``extra`` is whatever JSON SQL left there)."""
+
+class StoredContact(NamedTuple):
+    """A stored contact's :data:`_CONTACT_COLUMNS`, as import compares them and export writes them."""
+
+    id: int
+    phone: str
+    name: str
+    surname: str
+    email: str
+    extra: Any  # a JSON object, unless SQL wrote something else
+    opted_out: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,17 +73,11 @@ class ImportCounts:
 
 
 @dataclass(frozen=True, slots=True)
-class BookContact:
-    """A contact as export writes it: its columns and the names of its groups (in no order)."""
+class BookExport:
+    """The whole book as export writes it."""
 
-    id: int
-    phone: str
-    name: str
-    surname: str
-    email: str
-    extra: Any  # a JSON object, unless SQL wrote something else
-    opted_out: bool
-    groups: list[str] = field(default_factory=list)
+    contacts: list[StoredContact]  # by id
+    groups: dict[int, list[str]]  # contact id -> the names of its groups, in no order
 
 
 # --- import ---------------------------------------------------------------------------------
@@ -93,23 +96,31 @@ def import_contacts(engine: Engine, records: Sequence[ContactImport], region: st
         new = [r for r in records if r.phone not in existing]
         ids = _insert_contacts(s, new) | {phone: row.id for phone, row in existing.items()}
         members = {(c, g) for c, g in s.execute(select(GroupMemberRow.contact_id, GroupMemberRow.group_id))}
-        memberships: list[tuple[int, int]] = []
-        updates: list[dict[str, Any]] = []
-        for record in records:
-            cid = ids[record.phone]
-            added = sorted({(cid, group_ids[group_key(name)]) for name in record.groups} - members)
-            change = _update_for(existing[record.phone], record) if record.phone in existing else None
-            memberships += added
-            updates += [change] if change else []
-            if record.phone in existing:
-                counts.updated += bool(change or added)
-                counts.unchanged += not (change or added)
+        updates, memberships = _changes(records, existing, ids, group_ids, members, counts)
         if updates:
             s.execute(update(ContactRow), updates)
         if memberships:
             s.execute(insert(GroupMemberRow), [{"contact_id": c, "group_id": g} for c, g in memberships])
     counts.created, counts.memberships_added = len(new), len(memberships)
     return counts
+
+
+def _changes(records: Sequence[ContactImport], existing: dict[str, StoredContact], ids: dict[str, int],
+             group_ids: dict[str, int], members: set[tuple[int, int]],
+             counts: ImportCounts) -> tuple[list[dict[str, Any]], list[tuple[int, int]]]:
+    """The contact updates and the new (contact, group) memberships ``records`` make; counts the updated ones."""
+    updates: list[dict[str, Any]] = []
+    memberships: list[tuple[int, int]] = []
+    for record in records:
+        cid = ids[record.phone]
+        added = sorted({(cid, group_ids[group_key(name)]) for name in record.groups} - members)
+        change = _update_for(existing[record.phone], record) if record.phone in existing else None
+        memberships += added
+        updates += [change] if change else []
+        if record.phone in existing:
+            counts.updated += bool(change or added)
+            counts.unchanged += not (change or added)
+    return updates, memberships
 
 
 def _ensure_groups(s: Session, records: Sequence[ContactImport], counts: ImportCounts) -> dict[str, int]:
@@ -135,8 +146,8 @@ def _existing_contacts(s: Session, phones: set[str], region: str) -> dict[str, S
     for row in s.execute(select(*_CONTACT_COLUMNS).order_by(ContactRow.id)):
         # Rows written by SQL may hold a national format; normalise only those (parsing is the slow part).
         phone = row.phone if _E164.fullmatch(row.phone) else _try_e164(row.phone, region)
-        if phone in phones:
-            found.setdefault(phone, row)
+        if phone is not None and phone in phones and phone not in found:
+            found[phone] = StoredContact(*row)
     return found
 
 
@@ -183,13 +194,12 @@ def _merged_extra(stored: Any, updates: dict[str, str]) -> Any:
 # --- export ---------------------------------------------------------------------------------
 
 
-def export_contacts(engine: Engine) -> list[BookContact]:
-    """Every contact of the book, by id, with the names of its groups."""
+def export_contacts(engine: Engine) -> BookExport:
+    """Every contact of the book, by id, and the names of each one's groups."""
     with Session(engine) as s:
-        contacts = [BookContact(*row) for row in s.execute(select(*_CONTACT_COLUMNS).order_by(ContactRow.id))]
-        by_id = {c.id: c for c in contacts}
+        contacts = [StoredContact(*row) for row in s.execute(select(*_CONTACT_COLUMNS).order_by(ContactRow.id))]
+        groups: dict[int, list[str]] = {}
         for cid, name in s.execute(select(GroupMemberRow.contact_id, GroupRow.name)
                                    .join(GroupRow, GroupRow.id == GroupMemberRow.group_id)):
-            if cid in by_id:  # PostgreSQL reads each statement afresh: a contact added since has no row above
-                by_id[cid].groups.append(name)
-    return contacts
+            groups.setdefault(cid, []).append(name)
+    return BookExport(contacts, groups)
