@@ -29,6 +29,8 @@
 * Optional Prometheus endpoint (:mod:`syncd.metrics`), and change-log
   retention: rows older than ``sync.log_retention_days`` are pruned at the
   first run and then at most once a day (open ``manual`` conflicts are kept).
+  The statements are :mod:`syncd.db`'s (``housekeeping``, ``reports``): the
+  daemon decides when, never how.
 
 :func:`serve` is the core, kopf-style: the caller may pass its own ``stop``
 event and ``on_ready`` callback (tests run it in a thread). ``syncd run``
@@ -43,7 +45,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -67,8 +69,8 @@ from syncd.errors import ConfigError, SchemaError
 from syncd.logs import configure_logging
 from syncd.metrics import Metrics, MetricsServer, ProviderOutcome
 from syncd.notify import Notifier, watchdog_interval
-from syncd.runner import enabled_accounts, run_leased
-from syncd.sync.run import RunReport, owner_id
+from syncd.runner import RunCoroutine, enabled_accounts, run_leased
+from syncd.sync.run import ProviderReport, RunReport, owner_id
 
 __all__ = ["Daemon", "Outage", "open_engine", "serve"]
 
@@ -274,7 +276,8 @@ class Daemon:
         self.metrics.runs.labels("error").inc()
         self.notifier.status(f"last run crashed: {type(exc).__name__} (details in the journal)")
 
-    def _run_async(self, coro: Coroutine[Any, Any, RunReport]) -> RunReport:
+    def _run_async(self, coro: RunCoroutine) -> RunReport:
+        """Run ``coro`` to its end on a fresh event loop, keeping a handle on it for :meth:`_cancel_run`."""
         async def main() -> RunReport:
             self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
             try:
@@ -485,7 +488,8 @@ def _log_busy(busy: Busy) -> None:
 _CHANGE_KEYS = ("created_in", "updated_in", "deleted_in", "created_out", "updated_out", "deleted_out")
 
 
-def _provider_text(p: Any) -> str:
+def _provider_text(p: ProviderReport) -> str:
+    """One account's part of ``STATUS=``: how its last run went."""
     if p.status != "ok":
         return f"failed: {p.error}" if p.error else "failed"
     changes = sum(p.counts.get(k, 0) for k in _CHANGE_KEYS)

@@ -25,7 +25,7 @@ from syncd.db.leases import Busy, LeaseManager
 from syncd.sync.progress import Progress
 from syncd.sync.run import RunReport, run_once
 
-__all__ = ["LeasedRun", "RunSettings", "enabled_accounts", "run_leased"]
+__all__ = ["LeasedRun", "RunCoroutine", "RunSettings", "enabled_accounts", "run_leased"]
 
 RunCoroutine = Coroutine[Any, Any, RunReport]
 
