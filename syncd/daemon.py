@@ -3,10 +3,11 @@
 * APScheduler 3 fires one run at start and then every ``schedule.interval_seconds``
   (job ``max_instances=1``, ``coalesce=True``: a run longer than the interval
   delays the next tick instead of stacking runs).
-* Each run claims the lease of every enabled account (:mod:`syncd.leases`),
+* Each run claims the lease of every enabled account (:mod:`syncd.db.leases`),
   skips the accounts another live replica holds, runs
   :func:`~syncd.sync.run.run_once` on the rest with their fences, renews the
-  leases while it goes on and releases them at the end.
+  leases while it goes on and releases them at the end
+  (:func:`syncd.runner.run_leased`, which ``syncd sync`` shares).
 * SIGTERM/SIGINT set the stop flag: the run takes no new operation, settles
   the requests in flight (or leaves them ``pending`` for the next run), and the
   process exits 0. A run that has not stopped after ``stop_grace`` seconds is
@@ -28,48 +29,50 @@
 * Optional Prometheus endpoint (:mod:`syncd.metrics`), and change-log
   retention: rows older than ``sync.log_retention_days`` are pruned at the
   first run and then at most once a day (open ``manual`` conflicts are kept).
+  The statements are :mod:`syncd.db`'s (``housekeeping``, ``reports``): the
+  daemon decides when, never how.
 
 :func:`serve` is the core, kopf-style: the caller may pass its own ``stop``
-event and ``on_ready`` callback (tests run it in a thread); :func:`serve_cli`
-is what ``syncd run`` calls.
+event and ``on_ready`` callback (tests run it in a thread). ``syncd run``
+builds a :class:`Daemon` in :func:`syncd.cli.commands.run_daemon`: the daemon
+knows nothing of the command line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import Engine, and_, delete, not_, select, update
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncd.config import Config, format_config_error, load_config
+from syncd.config import Config, format_config_error
+from syncd.db.clock import utcnow
 from syncd.db.engine import make_engine
+from syncd.db.housekeeping import fail_running_runs, prune_change_log
+from syncd.db.leases import Busy, LeaseManager, lease_ttl
 from syncd.db.migrate import check_schema
-from syncd.db.models import ChangeLogRow, SyncRunRow
+from syncd.db.reports import OperationCount, last_successes, operation_counts
 from syncd.dberrors import database_outage, describe_database_error, safe_database_url
 from syncd.errors import ConfigError, SchemaError
-from syncd.leases import Busy, LeaseManager, lease_ttl
 from syncd.logs import configure_logging
-from syncd.metrics import Metrics, MetricsServer, ProviderOutcome, last_successes, operation_counts
+from syncd.metrics import Metrics, MetricsServer, ProviderOutcome
 from syncd.notify import Notifier, watchdog_interval
-from syncd.sync.run import RunReport, owner_id, run_once
+from syncd.runner import RunCoroutine, enabled_accounts, run_leased
+from syncd.sync.run import ProviderReport, RunReport, owner_id
 
-if TYPE_CHECKING:
-    from syncd.cli import AppContext
-
-__all__ = ["Daemon", "Outage", "fail_running_runs", "open_engine", "prune_change_log", "serve", "serve_cli"]
+__all__ = ["Daemon", "Outage", "open_engine", "serve"]
 
 log = structlog.get_logger("syncd.daemon")
 
@@ -83,10 +86,6 @@ CANCEL_GRACE = 5.0
 #: How often the main thread looks at signals and reload requests.
 _POLL = 0.2
 RETENTION_EVERY = timedelta(days=1)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,18 +251,11 @@ class Daemon:
 
     def _run(self, config: Config, engine: Engine, leases: LeaseManager) -> None:
         started = time.monotonic()
-        names = [p.name for p in config.providers if p.enabled]
         try:
             self._close_unfinished_run(engine)
-            with leases.hold(names) as held:
-                for busy in held.busy:
-                    log.info("lease.busy", provider=busy.provider, holder=busy.owner,
-                             until=busy.expires_at.isoformat())
-                report = None
-                if held.claimed and not self.stop.is_set():
-                    report = self._run_async(run_once(
-                        config, engine, only=held.claimed, trigger="schedule", stopping=self.stop.is_set,
-                        fence_for=held.fence_for, client_options=self.client_options))
+            outcome = run_leased(config, engine, leases, enabled_accounts(config), on_busy=_log_busy,
+                                 start=self._run_async, trigger="schedule", stopping=self.stop.is_set,
+                                 client_options=self.client_options)
         except asyncio.CancelledError:
             self._mark_cancelled(engine)
             return
@@ -272,7 +264,7 @@ class Daemon:
             self._run_failed(exc, config)
             return
         self._database_back()
-        self._after_run(report, held.busy, time.monotonic() - started, engine)
+        self._after_run(outcome.report, outcome.busy, time.monotonic() - started, engine)
 
     def _run_failed(self, exc: Exception, config: Config) -> None:
         """Report a run that raised: a database outage as one line, anything else as a crash with its traceback."""
@@ -284,7 +276,8 @@ class Daemon:
         self.metrics.runs.labels("error").inc()
         self.notifier.status(f"last run crashed: {type(exc).__name__} (details in the journal)")
 
-    def _run_async(self, coro: Coroutine[Any, Any, RunReport]) -> RunReport:
+    def _run_async(self, coro: RunCoroutine) -> RunReport:
+        """Run ``coro`` to its end on a fresh event loop, keeping a handle on it for :meth:`_cancel_run`."""
         async def main() -> RunReport:
             self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
             try:
@@ -303,9 +296,10 @@ class Daemon:
                 pass
 
     def _mark_cancelled(self, engine: Engine) -> None:
-        log.warning("run.cancelled", reason="stopped before the run finished; the next run resumes its work")
+        reason = "stopped before the run finished; the next run resumes its work"
+        log.warning("run.cancelled", reason=reason)
         try:
-            fail_running_runs(engine, "stopped before the run finished; the next run resumes its work")
+            fail_running_runs(engine, owner_id(), reason)
         except SQLAlchemyError as exc:
             log.warning("run.cancel_record_failed", error=str(exc).splitlines()[0])
 
@@ -348,8 +342,8 @@ class Daemon:
         """
         if not self._unfinished_run:
             return
-        closed = fail_running_runs(engine, "interrupted: the run failed before it could record its end "
-                                           "(see the log); the next run resumed its work")
+        closed = fail_running_runs(engine, owner_id(), "interrupted: the run failed before it could record its "
+                                                       "end (see the log); the next run resumed its work")
         self._unfinished_run = False
         if closed:
             log.info("run.closed_unfinished", runs=closed)
@@ -376,7 +370,7 @@ class Daemon:
                  stopped_early=self.stop.is_set(), providers={p.name: p.summary() for p in report.providers})
         self.notifier.status(self._status_line(report))
 
-    def _operation_counts(self, engine: Engine, run_id: int) -> list[tuple[str, str, str, str, int]]:
+    def _operation_counts(self, engine: Engine, run_id: int) -> list[OperationCount]:
         try:
             return operation_counts(engine, run_id)
         except SQLAlchemyError as exc:  # the database went just after the run, which is recorded: only metrics lose
@@ -487,38 +481,15 @@ def open_engine(config: Config) -> Engine:
     return engine
 
 
-def fail_running_runs(engine: Engine, error: str) -> int:
-    """Mark this process's ``running`` sync_runs rows failed with ``error``; how many there were."""
-    with engine.begin() as conn:
-        result = conn.execute(update(SyncRunRow).where(SyncRunRow.owner == owner_id(), SyncRunRow.status == "running")
-                              .values(status="failed", finished_at=utcnow(), error=error))
-    return result.rowcount or 0
-
-
-def prune_change_log(engine: Engine, days: int, *, now: datetime | None = None, batch: int = 5000) -> int:
-    """Delete change_log rows older than ``days`` (open manual conflicts kept); the number deleted.
-
-    In batches, so a first prune of a large table never holds SQLite's write lock for long.
-    """
-    cutoff = (now or utcnow()) - timedelta(days=days)
-    open_conflict = and_(ChangeLogRow.action == "conflict", ChangeLogRow.status == "planned",
-                         ChangeLogRow.resolved_at.is_(None))
-    total = 0
-    while True:
-        with engine.begin() as conn:
-            ids = conn.execute(select(ChangeLogRow.id).where(ChangeLogRow.at < cutoff, not_(open_conflict))
-                               .limit(batch)).scalars().all()
-            if ids:
-                conn.execute(delete(ChangeLogRow).where(ChangeLogRow.id.in_(ids)))
-        total += len(ids)
-        if len(ids) < batch:
-            return total
+def _log_busy(busy: Busy) -> None:
+    log.info("lease.busy", provider=busy.provider, holder=busy.owner, until=busy.expires_at.isoformat())
 
 
 _CHANGE_KEYS = ("created_in", "updated_in", "deleted_in", "created_out", "updated_out", "deleted_out")
 
 
-def _provider_text(p: Any) -> str:
+def _provider_text(p: ProviderReport) -> str:
+    """One account's part of ``STATUS=``: how its last run went."""
     if p.status != "ok":
         return f"failed: {p.error}" if p.error else "failed"
     changes = sum(p.counts.get(k, 0) for k in _CHANGE_KEYS)
@@ -541,23 +512,3 @@ def serve(config_loader: ConfigLoader, *, stop: threading.Event | None = None,
     ``notifier``, ``client_options``, ``stop_grace``, ``ttl``).
     """
     return Daemon(config_loader, stop=stop, on_ready=on_ready, **options).serve(handle_signals=handle_signals)
-
-
-def serve_cli(app: AppContext) -> int:
-    """``syncd run``: the loaded configuration, the checked database, signals, sd_notify."""
-    config = app.config
-    engine = app.engine()
-    path = config.path
-    if path is None:  # a Config built in code: nothing to reload from
-        def loader() -> Config:
-            raise ConfigError(["the configuration was not read from a file; nothing to reload"])
-    else:
-        def loader() -> Config:
-            return load_config(path)
-    daemon = Daemon(loader, config=config, engine=engine)
-    code = daemon.serve()
-    if daemon.abandoned:
-        # The worker thread is stuck in a request: do not let interpreter shutdown wait for it.
-        logging.shutdown()
-        os._exit(code)
-    return code

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -29,7 +29,7 @@ class redact_secrets:  # noqa: N801 - a structlog processor, named like one
         self.secrets = sorted({form for s in secrets if s and len(s) >= 4
                                for form in (s, quote(s, safe=""), quote_plus(s))}, key=len, reverse=True)
 
-    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
         return {k: (REDACTED if k.lower() in _SECRET_KEYS else self._scrub(v)) for k, v in event.items()}
 
     def _scrub(self, value: Any) -> Any:

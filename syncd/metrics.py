@@ -23,7 +23,9 @@ action,status}``
 =============================================  ====================================================
 
 Each daemon has its own registry: nothing leaks into prometheus_client's
-global one, and tests can build several.
+global one, and tests can build several. The figures read from the database
+(change-log counts of a run, last successes at start) come from
+:mod:`syncd.db.reports`: this module holds no query.
 """
 
 from __future__ import annotations
@@ -34,11 +36,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from sqlalchemy import Engine, func, select
 
-from syncd.db.models import ChangeLogRow, SyncRunRow
-
-__all__ = ["Metrics", "MetricsServer", "last_successes", "operation_counts", "parse_listen"]
+__all__ = ["Metrics", "MetricsServer", "ProviderOutcome", "parse_listen"]
 
 #: Run durations range from a second (nothing to do) to many minutes (a first push of 100k contacts).
 RUN_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -118,29 +117,3 @@ class MetricsServer:
         self._server.server_close()
         if isinstance(self._thread, threading.Thread):
             self._thread.join(timeout=5)
-
-
-# -- what the metrics are read from -------------------------------------------------------
-
-
-def last_successes(engine: Engine, *, runs: int = 500) -> dict[str, datetime]:
-    """When each account last finished a run without failure, from the latest ``runs`` runs."""
-    with engine.connect() as conn:
-        rows = conn.execute(select(SyncRunRow.finished_at, SyncRunRow.summary)
-                            .where(SyncRunRow.finished_at.is_not(None))
-                            .order_by(SyncRunRow.id.desc()).limit(runs)).all()
-    found: dict[str, datetime] = {}
-    for finished_at, summary in rows:
-        for name, counts in ((summary or {}).get("providers") or {}).items():
-            if isinstance(counts, dict) and counts.get("status") == "ok" and not counts.get("failed"):
-                found.setdefault(name, finished_at)
-    return found
-
-
-def operation_counts(engine: Engine, run_id: int) -> list[tuple[str, str, str, str, int]]:
-    """(provider, entity, action, status, count) of the change-log rows run ``run_id`` wrote."""
-    c = ChangeLogRow
-    with engine.connect() as conn:
-        rows = conn.execute(select(c.provider, c.entity, c.action, c.status, func.count())
-                            .where(c.run_id == run_id).group_by(c.provider, c.entity, c.action, c.status)).all()
-    return [tuple(row) for row in rows]  # type: ignore[misc]

@@ -10,100 +10,66 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import click
 
-if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+from syncd.cli.app import AppContext
 
-    from syncd.config import Config
+if TYPE_CHECKING:
+    from syncd.db.conflicts import Side
 
 __all__ = ["main"]
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-@dataclass
-class AppContext:
-    """Lazily loaded configuration and database for one invocation."""
-
-    config_path: str | None
-    _config: Config | None = field(default=None, repr=False)
-    _engine: Engine | None = field(default=None, repr=False)
-
-    @property
-    def config(self) -> Config:
-        if self._config is None:
-            from syncd.config import load_config, resolve_config_path
-            from syncd.logs import configure_logging
-
-            self._config = load_config(resolve_config_path(self.config_path))
-            configure_logging(self._config.logging.level, self._config.logging.format, self._config.secrets())
-            for warning in self._config.warnings:
-                click.echo(f"warning: {warning}", err=True)
-        return self._config
-
-    def engine(self, *, check: bool = True) -> Engine:
-        """The configured database; refuses (SchemaError) when the schema is behind."""
-        if self._engine is None:
-            from syncd.db.engine import make_engine
-            from syncd.db.migrate import check_schema
-
-            self._engine = make_engine(self.config.database.url)
-            if check:
-                check_schema(self._engine, allow_create_sqlite=True)
-        return self._engine
-
-
-    def close(self) -> None:
-        """Release the database connections (the pool would otherwise outlive the command)."""
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 pass_app = click.make_pass_decorator(AppContext)
 
 
-def catch_errors(func: F) -> F:
+def catch_errors(func: Callable[P, R]) -> Callable[P, R]:
     """Turn syncd's errors into a message and an exit code (vdirsyncer's ``catch_errors``)."""
 
     @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from syncd.errors import ConfigError, SchemaError, SyncdError
-
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
-        except ConfigError as err:
-            from syncd.config import format_config_error
-
-            click.echo(format_config_error(err), err=True)
-            sys.exit(2)
-        except SchemaError as err:
-            click.echo(f"error: {err}", err=True)
-            sys.exit(2)
-        except SyncdError as err:
-            click.echo(f"error: {err}", err=True)
-            sys.exit(1)
         except (click.ClickException, click.Abort):
-            raise
+            raise  # click reports these itself
         except Exception as err:
-            import structlog
+            message, code = _failure(err)
+            click.echo(message, err=True)
+            sys.exit(code)
 
-            from syncd.dberrors import database_outage, describe_database_error
+    return wrapper
 
-            outage = database_outage(err)
-            if outage is not None:  # not a bug: the database is down, locked or unreachable
-                click.echo(f"error: the database cannot be used: {describe_database_error(outage)}", err=True)
-                sys.exit(1)
-            # A bug: one redacted line here, the traceback in the (redacted) log.
-            structlog.get_logger("syncd.cli").exception("cli.crashed")
-            click.echo(f"error: internal error ({type(err).__name__}); the log above has the details", err=True)
-            sys.exit(1)
 
-    return wrapper  # type: ignore[return-value]
+def _failure(err: Exception) -> tuple[str, int]:
+    """What to say about ``err``, which ended a command, and the exit code: 2 for config and schema, else 1."""
+    from syncd.errors import ConfigError, SchemaError, SyncdError
+
+    if isinstance(err, ConfigError):
+        from syncd.config import format_config_error
+
+        return format_config_error(err), 2
+    if isinstance(err, SyncdError):
+        return f"error: {err}", 2 if isinstance(err, SchemaError) else 1
+    return _unexpected(err), 1
+
+
+def _unexpected(err: Exception) -> str:
+    """The line for an error syncd did not raise itself: a database outage, or a bug (logged with its traceback)."""
+    import structlog
+
+    from syncd.dberrors import database_outage, describe_database_error
+
+    outage = database_outage(err)
+    if outage is not None:  # not a bug: the database is down, locked or unreachable
+        return f"error: the database cannot be used: {describe_database_error(outage)}"
+    # A bug: one redacted line here, the traceback in the (redacted) log; still inside the except, so it has it.
+    structlog.get_logger("syncd.cli").exception("cli.crashed")
+    return f"error: internal error ({type(err).__name__}); the log above has the details"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -165,9 +131,9 @@ def plan(app: AppContext, providers: tuple[str, ...], detailed_exitcode: bool, f
 @catch_errors
 def run(app: AppContext) -> None:
     """The daemon: a run every schedule.interval_seconds until SIGTERM/SIGINT."""
-    from syncd.daemon import serve_cli
+    from syncd.cli.commands import run_daemon
 
-    sys.exit(serve_cli(app))
+    sys.exit(run_daemon(app))
 
 
 @cli.command()
@@ -199,7 +165,7 @@ def log(app: AppContext, provider: str | None, run_id: int | None, limit: int, a
 @click.option("--keep", type=click.Choice(["local", "remote"]), required=True, help="Which side's version wins.")
 @pass_app
 @catch_errors
-def resolve(app: AppContext, change_id: int, keep: str) -> None:
+def resolve(app: AppContext, change_id: int, keep: Side) -> None:
     """Settle a conflict held by the `manual` policy; the next run carries it out."""
     from syncd.cli.commands import resolve_conflict
 

@@ -1,22 +1,23 @@
-"""The engine-facing commands: sync, plan, resolve."""
+"""The engine-facing commands: sync, plan, run (the daemon), resolve."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import click
 
-from syncd.cli.views import render_table
+from syncd.cli.views import SUMMARY_KEYS, render_table
 
 if TYPE_CHECKING:
-    from syncd.cli import AppContext
+    from syncd.cli.app import AppContext
+    from syncd.config import Config
+    from syncd.db.conflicts import Side
+    from syncd.db.leases import Busy
     from syncd.sync.run import RunReport
 
-__all__ = ["print_plan", "print_summary", "resolve_conflict", "run_plan", "run_sync"]
-
-SUMMARY_KEYS = ("pulled", "created_in", "updated_in", "deleted_in", "created_out", "updated_out", "deleted_out",
-                "conflicts", "rejected", "failed")
+__all__ = ["print_plan", "print_summary", "resolve_conflict", "run_daemon", "run_plan", "run_sync"]
 
 
 def _check_names(app: AppContext, names: tuple[str, ...]) -> None:
@@ -28,25 +29,37 @@ def _check_names(app: AppContext, names: tuple[str, ...]) -> None:
 
 def run_sync(app: AppContext, providers: tuple[str, ...], *, dry_run: bool, allow_mass_delete: bool,
              full: bool = False) -> int:
+    """``syncd sync``: one run of the enabled accounts (those named, if any) whose leases it gets."""
     if dry_run:
         return run_plan(app, providers, detailed_exitcode=False, full=full)
     from syncd.cli.progress import terminal_progress
-    from syncd.leases import LeaseManager, lease_ttl
-    from syncd.sync.run import run_once
+    from syncd.db.leases import LeaseManager, lease_ttl
+    from syncd.runner import enabled_accounts, run_leased
 
     _check_names(app, providers)
     config, engine = app.config, app.engine()
-    names = [p.name for p in config.providers if p.enabled and (not providers or p.name in providers)]
+    accounts = enabled_accounts(config, providers)
     # The daemon's leases: a manual sync never syncs an account a replica is syncing.
-    with LeaseManager(engine, ttl=lease_ttl(config.schedule.interval_seconds)).hold(names) as held:
-        for busy in held.busy:
-            click.echo(f"error: {busy.describe()}: skipped, try again when that run ends", err=True)
-        if names and not held.claimed:
+    leases = LeaseManager(engine, ttl=lease_ttl(config.schedule.interval_seconds))
+    outcome = run_leased(config, engine, leases, accounts, on_busy=_say_busy, progress=terminal_progress,
+                         allow_mass_delete=allow_mass_delete, full=full)
+    if outcome.report is None:
+        if outcome.busy:
             return 1
-        report = asyncio.run(run_once(config, engine, only=held.claimed, allow_mass_delete=allow_mass_delete,
-                                      full=full, progress=terminal_progress(), fence_for=held.fence_for))
-    print_summary(report)
-    return 1 if report.failed or held.busy else 0
+        click.echo(f"Nothing to sync: {_no_account(providers)}.")
+        return 0
+    print_summary(outcome.report)
+    return 1 if outcome.report.failed or outcome.busy else 0
+
+
+def _say_busy(busy: Busy) -> None:
+    click.echo(f"error: {busy.describe()}: skipped, try again when that run ends", err=True)
+
+
+def _no_account(providers: tuple[str, ...]) -> str:
+    if providers:
+        return f"{', '.join(providers)} {'is' if len(providers) == 1 else 'are'} disabled (enabled = false)"
+    return "no provider is enabled"
 
 
 def run_plan(app: AppContext, providers: tuple[str, ...], *, detailed_exitcode: bool, full: bool = False) -> int:
@@ -93,9 +106,40 @@ def print_plan(report: RunReport) -> None:
     click.echo(f"\n{sum(1 for p in report.providers for op in p.plan if op.is_change)} change(s) pending.")
 
 
-def resolve_conflict(app: AppContext, change_id: int, keep: str) -> int:
+def resolve_conflict(app: AppContext, change_id: int, keep: Side) -> int:
+    """``syncd resolve``: settle a held conflict; the next run carries the decision out."""
     from syncd.sync.resolve import resolve
 
     message = resolve(app.engine(), change_id, keep)
     click.echo(message)
     return 0
+
+
+def run_daemon(app: AppContext) -> int:
+    """``syncd run``: the daemon on the loaded configuration and the checked database, until SIGTERM/SIGINT."""
+    import logging
+    import os
+
+    from syncd.daemon import Daemon
+
+    config = app.config
+    daemon = Daemon(_reloader(config), config=config, engine=app.engine())
+    code = daemon.serve()
+    if daemon.abandoned:
+        # The worker thread is stuck in a request: do not let interpreter shutdown wait for it.
+        logging.shutdown()
+        os._exit(code)
+    return code
+
+
+def _reloader(config: Config) -> Callable[[], Config]:
+    """What SIGHUP loads: the file ``config`` was read from; a Config built in code has none to reload."""
+    from syncd.config import load_config
+    from syncd.errors import ConfigError
+
+    path = config.path
+    if path is None:
+        def refuse() -> Config:
+            raise ConfigError(["the configuration was not read from a file; nothing to reload"])
+        return refuse
+    return lambda: load_config(path)

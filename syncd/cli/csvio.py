@@ -35,16 +35,12 @@ broken quoting) import nothing in either case (exit 2).
 
 Import
 ======
-An upsert by E.164 phone in ONE transaction: a database failure midway rolls
-everything back (exit 1). An existing contact (matched even when its stored
-phone is in another format) gets ``name``, ``surname``, ``email`` and each
-extra key of the file's columns; columns absent from the file and extra keys
-not in it are left alone. ``opted_out`` is sticky: a yes sets it, nothing
-clears it. Groups are matched by :func:`syncd.model.group_key` and created
-when missing; memberships are added, never removed (a CSV lists what a contact
-is in, not what it left). An unchanged contact is not written, so its
-``updated_at`` and the next sync stay quiet. An ``extra`` that SQL left as
-something other than a JSON object is kept unless the file gives extra values.
+An upsert by E.164 phone in ONE transaction (a database failure midway rolls
+everything back, exit 1), written by :func:`syncd.db.book_io.import_contacts`,
+whose module states the rules: an existing contact gets the file's columns
+and extra keys, and keeps the others; ``opted_out`` is sticky; groups are
+created when missing and memberships only added (a CSV lists what a contact
+is in, not what it left); an unchanged contact is not written.
 
 Export
 ======
@@ -69,7 +65,8 @@ cannot be written); 1 the database failed and the import was rolled back.
 
 Import and export share the format's rules (the ``extra.`` prefix, the quote
 that neutralises formulas, the group separator), which must stay in step: that
-is why both live in this one module, longer than most.
+is why both live in this one module, longer than most. What they read and
+write in the database is :mod:`syncd.db.book_io`'s.
 """
 
 from __future__ import annotations
@@ -83,30 +80,26 @@ import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy import insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
-from syncd.db.models import ContactRow, GroupMemberRow, GroupRow
+from syncd.db.book_io import BookExport, ContactImport, StoredContact, export_contacts, import_contacts
 from syncd.model import group_key
 from syncd.phones import InvalidPhone, to_e164
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from syncd.cli import AppContext
+    from syncd.cli.app import AppContext
 
 __all__ = [
     "CsvFileError",
     "Export",
     "Problem",
     "Record",
-    "apply_records",
     "export_csv",
     "export_rows",
     "extra_column",
@@ -167,15 +160,10 @@ class Column:
 
 
 @dataclass(frozen=True, slots=True)
-class Record:
-    """One valid data row. ``fields`` and ``extra`` hold only the file's columns; extra ``''`` clears a key."""
+class Record(ContactImport):
+    """One valid data row: the contact to upsert, and the line of the file it is on."""
 
     line: int
-    phone: str
-    fields: dict[str, str]
-    extra: dict[str, str]
-    groups: tuple[str, ...]
-    opted_out: bool
 
 
 @dataclass
@@ -187,31 +175,13 @@ class Parsed:
     invalid_rows: int = 0
 
 
-@dataclass
-class Counts:
-    created: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    groups_created: int = 0
-    memberships_added: int = 0
-
-
 # --- the command entry points ------------------------------------------------------
 
 
 def import_csv(app: AppContext, file: str, *, skip_invalid: bool) -> int:
     """``syncd import``: validate ``file``, then upsert it in one transaction. Returns the exit code."""
-    try:
-        text, warning = read_text(Path(file))
-        if warning:
-            click.echo(f"warning: {warning.render(file)}", err=True)
-        parsed = parse_csv(text, app.config.sync.default_region)
-    except OSError as exc:
-        click.echo(f"error: cannot read {file}: {exc.strerror or exc}", err=True)
-        return 2
-    except CsvFileError as err:
-        _report(file, err.problems)
-        click.echo(f"error: {file}: nothing imported", err=True)
+    parsed = _read_and_parse(file, app.config.sync.default_region)
+    if parsed is None:
         return 2
     _report(file, parsed.problems)
     if parsed.problems and not skip_invalid:
@@ -219,7 +189,7 @@ def import_csv(app: AppContext, file: str, *, skip_invalid: bool) -> int:
                    f"--skip-invalid to import the {len(parsed.records)} valid row(s))", err=True)
         return 2
     try:
-        counts = apply_records(app.engine(), parsed.records, app.config.sync.default_region)
+        counts = import_contacts(app.engine(), parsed.records, app.config.sync.default_region)
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         click.echo(f"error: {file}: the import failed and was rolled back, nothing imported: {reason}", err=True)
@@ -230,6 +200,21 @@ def import_csv(app: AppContext, file: str, *, skip_invalid: bool) -> int:
     if parsed.invalid_rows:
         click.echo(f"warning: {file}: skipped {parsed.invalid_rows} invalid row(s), listed above", err=True)
     return 0
+
+
+def _read_and_parse(file: str, region: str) -> Parsed | None:
+    """``file`` read and validated; None, once the reason is printed, when the file as a whole is unusable."""
+    try:
+        text, warning = read_text(Path(file))
+        if warning:
+            click.echo(f"warning: {warning.render(file)}", err=True)
+        return parse_csv(text, region)
+    except OSError as exc:
+        click.echo(f"error: cannot read {file}: {exc.strerror or exc}", err=True)
+    except CsvFileError as err:
+        _report(file, err.problems)
+        click.echo(f"error: {file}: nothing imported", err=True)
+    return None
 
 
 def export_csv(app: AppContext, file: str) -> int:
@@ -445,112 +430,6 @@ _CONVERTERS: dict[str, Callable[[str, str], Any]] = {
 }
 
 
-# --- writing the canonical book ----------------------------------------------------
-
-
-def apply_records(engine: Engine, records: Sequence[Record], region: str) -> Counts:
-    """Upsert ``records`` into the canonical book in one transaction (see the module docstring).
-
-    ``region`` reads stored phones that SQL wrote without ``+country``, as the engine does.
-    """
-    counts = Counts()
-    # IMMEDIATE: this transaction reads then writes; take SQLite's write lock up front.
-    with Session(engine.execution_options(sqlite_begin="IMMEDIATE")) as s, s.begin():
-        group_ids = _ensure_groups(s, records, counts)
-        existing = _existing_contacts(s, {r.phone for r in records}, region)
-        new = [r for r in records if r.phone not in existing]
-        ids = _insert_contacts(s, new) | {phone: row.id for phone, row in existing.items()}
-        members = {(c, g) for c, g in s.execute(select(GroupMemberRow.contact_id, GroupMemberRow.group_id))}
-        memberships: list[tuple[int, int]] = []
-        updates: list[dict[str, Any]] = []
-        for record in records:
-            cid = ids[record.phone]
-            added = sorted({(cid, group_ids[group_key(name)]) for name in record.groups} - members)
-            change = _update_for(existing[record.phone], record) if record.phone in existing else None
-            memberships += added
-            updates += [change] if change else []
-            if record.phone in existing:
-                counts.updated += bool(change or added)
-                counts.unchanged += not (change or added)
-        if updates:
-            s.execute(update(ContactRow), updates)
-        if memberships:
-            s.execute(insert(GroupMemberRow), [{"contact_id": c, "group_id": g} for c, g in memberships])
-    counts.created, counts.memberships_added = len(new), len(memberships)
-    return counts
-
-
-def _ensure_groups(s: Session, records: Sequence[Record], counts: Counts) -> dict[str, int]:
-    """Group id by key for every group the records name, creating the missing ones (first spelling wins)."""
-    wanted: dict[str, str] = {}
-    for record in records:
-        for name in record.groups:
-            wanted.setdefault(group_key(name), name)
-    ids: dict[str, int] = {}
-    for gid, name in s.execute(select(GroupRow.id, GroupRow.name).order_by(GroupRow.id)):
-        ids.setdefault(group_key(name), gid)
-    missing = [{"name": name} for key, name in wanted.items() if key not in ids]
-    if missing:
-        for gid, name in s.execute(insert(GroupRow).returning(GroupRow.id, GroupRow.name), missing):
-            ids[group_key(name)] = gid
-    counts.groups_created = len(missing)
-    return ids
-
-
-def _existing_contacts(s: Session, phones: set[str], region: str) -> dict[str, Any]:
-    """Stored contacts by E.164 phone, for the phones of the file (the lowest id when two rows agree)."""
-    found: dict[str, Any] = {}
-    query = select(ContactRow.id, ContactRow.phone, ContactRow.name, ContactRow.surname, ContactRow.email,
-                   ContactRow.extra, ContactRow.opted_out).order_by(ContactRow.id)
-    for row in s.execute(query):
-        # Rows written by SQL may hold a national format; normalise only those (parsing is the slow part).
-        phone = row.phone if _E164.fullmatch(row.phone) else _try_e164(row.phone, region)
-        if phone in phones:
-            found.setdefault(phone, row)
-    return found
-
-
-def _try_e164(phone: str, region: str) -> str | None:
-    try:
-        return to_e164(phone, region)
-    except InvalidPhone:
-        return None
-
-
-def _insert_contacts(s: Session, records: Sequence[Record]) -> dict[str, int]:
-    if not records:
-        return {}
-    rows = [{"phone": r.phone, "name": r.fields.get("name", ""), "surname": r.fields.get("surname", ""),
-             "email": r.fields.get("email", ""), "extra": {k: v for k, v in r.extra.items() if v},
-             "opted_out": r.opted_out} for r in records]
-    result = s.execute(insert(ContactRow).returning(ContactRow.id, ContactRow.phone), rows)
-    return {phone: cid for cid, phone in result}
-
-
-def _update_for(row: Any, record: Record) -> dict[str, Any] | None:
-    """The bulk-update values for ``row`` after ``record``, or None when nothing changes."""
-    before = {"name": row.name, "surname": row.surname, "email": row.email, "extra": row.extra,
-              "opted_out": bool(row.opted_out)}
-    after = {**before, **record.fields, "extra": _merged_extra(row.extra, record.extra),
-             "opted_out": bool(row.opted_out) or record.opted_out}
-    if after == before:
-        return None
-    return {"id": row.id, **after, "updated_at": datetime.now(UTC)}
-
-
-
-def _merged_extra(stored: Any, updates: dict[str, str]) -> Any:
-    """``stored`` with the file's extra keys set (or removed, for empty cells)."""
-    if not isinstance(stored, dict):
-        # Not an object (written by SQL; the engine reports it): replaced only when the file gives values.
-        if not any(updates.values()):
-            return stored
-        stored = {}
-    merged = {k: v for k, v in stored.items() if k not in updates}
-    merged.update((k, v) for k, v in updates.items() if v)
-    return merged
-
-
 # --- export ------------------------------------------------------------------------
 
 
@@ -565,30 +444,23 @@ class Export:
 
 def export_rows(engine: Engine) -> Export:
     """Every contact (by id) as neutralised cells, under the header."""
-    with Session(engine) as s:
-        contacts = s.execute(select(ContactRow.id, ContactRow.phone, ContactRow.name, ContactRow.surname,
-                                    ContactRow.email, ContactRow.extra, ContactRow.opted_out)
-                             .order_by(ContactRow.id)).all()
-        groups: dict[int, list[str]] = {}
-        for cid, name in s.execute(select(GroupMemberRow.contact_id, GroupRow.name)
-                                   .join(GroupRow, GroupRow.id == GroupMemberRow.group_id)):
-            groups.setdefault(cid, []).append(name)
-    keys = sorted({str(k) for c in contacts if isinstance(c.extra, dict) for k in c.extra})
+    book = export_contacts(engine)
+    keys = sorted({str(k) for c in book.contacts if isinstance(c.extra, dict) for k in c.extra})
     header = ["phone", "name", "surname", "email", "groups", *(extra_column(k) for k in keys), "opted_out"]
-    rows = [_export_row(c, sorted(groups.get(c.id, []), key=group_key), keys) for c in contacts]
-    return Export([neutralise(h) for h in header], rows, _export_warnings(contacts, groups))
+    rows = [_export_row(c, sorted(book.groups.get(c.id, []), key=group_key), keys) for c in book.contacts]
+    return Export([neutralise(h) for h in header], rows, _export_warnings(book))
 
 
-def _export_warnings(contacts: Sequence[Any], groups: dict[int, list[str]]) -> list[str]:
+def _export_warnings(book: BookExport) -> list[str]:
     warnings = [f"contact {c.id}: extra is not a JSON object ({type(c.extra).__name__}); left out"
-                for c in contacts if not isinstance(c.extra, dict)]
-    split = sorted({name for names in groups.values() for name in names if GROUP_SEPARATOR in name})
+                for c in book.contacts if not isinstance(c.extra, dict)]
+    split = sorted({name for names in book.groups.values() for name in names if GROUP_SEPARATOR in name})
     warnings += [f"group {name!r} contains {GROUP_SEPARATOR!r}: importing the file reads it as several groups"
                  for name in split]
     return warnings
 
 
-def _export_row(contact: Any, groups: list[str], keys: list[str]) -> list[str]:
+def _export_row(contact: StoredContact, groups: list[str], keys: list[str]) -> list[str]:
     extra = contact.extra if isinstance(contact.extra, dict) else {}
     phone = contact.phone if _E164.fullmatch(contact.phone) else neutralise(contact.phone)
     cells = [contact.name, contact.surname, contact.email, GROUP_SEPARATOR.join(groups),

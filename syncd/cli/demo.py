@@ -8,19 +8,24 @@ changes made on each side in between, and each run's change log is printed.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import click
-from sqlalchemy import Engine, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
 
 from syncd.config import Config, DatabaseSettings, LoggingSettings, ProviderSettings, Secret, SyncSettings
 from syncd.db.engine import make_engine
 from syncd.db.migrate import upgrade
-from syncd.db.models import ChangeLogRow
+from syncd.db.outside_edits import insert_contacts, rename_contact
+from syncd.db.reports import run_changes
 from syncd.simulators import Faults, SimulatorServer, start_simulator
+from syncd.simulators.sendhub import SendHubAccount
 
 __all__ = ["run_demo"]
+
+Step = tuple[str, Callable[[], str] | None]
+"""A run's title, and the change made before it (None: nothing changes)."""
 
 
 def _settings(server: SimulatorServer, name: str) -> ProviderSettings:
@@ -59,19 +64,18 @@ def run_demo(db_path: str) -> int:
     return 1 if failed else 0
 
 
-def _steps(engine: Engine, sendhub: SimulatorServer):
-    account = sendhub.state
-    first = lambda: next(iter(account.contacts.values()))  # noqa: E731
+def _steps(engine: Engine, sendhub: SimulatorServer) -> list[Step]:
+    """The demo's runs in order, each with the change made just before it."""
+    account: SendHubAccount = sendhub.state
 
     def edit_at_sendhub() -> str:
-        contact = first()
+        contact = next(iter(account.contacts.values()))
         account.edit_contact(contact.id, name="Renamed AtSendHub")
         return f"SendHub contact {contact.number} renamed to 'Renamed AtSendHub'"
 
     def add_by_sql() -> str:
-        _sql(engine, "INSERT INTO contacts (phone, name, surname, email) VALUES "
-                     "('+393471234567', 'Giulia', 'Rossi', 'giulia@example.it'), "
-                     "('(415) 867-5309', 'Jenny', 'Tutone', '')")
+        insert_contacts(engine, [("+393471234567", "Giulia", "Rossi", "giulia@example.it"),
+                                 ("(415) 867-5309", "Jenny", "Tutone", "")])
         return "two contacts inserted by SQL: an Italian number (SendHub will refuse it) and '(415) 867-5309'"
 
     def delete_at_sendhub() -> str:
@@ -82,7 +86,7 @@ def _steps(engine: Engine, sendhub: SimulatorServer):
     def conflict() -> str:
         contact = list(account.contacts.values())[2]
         account.edit_contact(contact.id, name="Remote Version")
-        _sql(engine, "UPDATE contacts SET name = 'Local', surname = 'Version' WHERE phone = :p", p=contact.number)
+        rename_contact(engine, contact.number, "Local", "Version")
         return f"{contact.number} renamed at SendHub AND in the canonical book (policy `local` keeps the canonical one)"
 
     def block() -> str:
@@ -99,11 +103,6 @@ def _steps(engine: Engine, sendhub: SimulatorServer):
             ("Run 7: nothing changed — nothing to do", None)]
 
 
-def _sql(engine: Engine, statement: str, **params) -> None:
-    with engine.begin() as conn:
-        conn.execute(text(statement), params)
-
-
 def _run(config: Config, engine: Engine, title: str) -> bool:
     from syncd.cli.commands import print_summary
     from syncd.cli.views import render_table
@@ -112,10 +111,7 @@ def _run(config: Config, engine: Engine, title: str) -> bool:
     click.echo(f"\n=== {title}")
     report = asyncio.run(run_once(config, engine))
     print_summary(report)
-    with Session(engine) as session:
-        rows = session.scalars(select(ChangeLogRow).where(ChangeLogRow.run_id == report.run_id,
-                                                          ChangeLogRow.action != "link")
-                               .order_by(ChangeLogRow.id)).all()
+    rows = run_changes(engine, report.run_id)
     if rows:
         shown = rows[:25]
         click.echo(render_table(["provider", "dir", "action", "entity", "canonical", "remote", "status", "reason / error"],

@@ -8,25 +8,30 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from syncd.db.models import ChangeLogRow, PullStateRow, SyncRunRow
-from syncd.db.repo import latest_outbound_ids
+from syncd.db.reports import StatusReport, change_log, status_report
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from syncd.config import Config
+    from syncd.db.models import ChangeLogRow
 
-__all__ = ["render_table", "show_log", "show_status"]
+__all__ = ["SUMMARY_KEYS", "render_table", "show_log", "show_status"]
+
+#: The counts of a provider's run summary a person is shown, in this order.
+SUMMARY_KEYS = ("pulled", "created_in", "updated_in", "deleted_in", "created_out", "updated_out", "deleted_out",
+                "conflicts", "rejected", "failed")
 
 
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], max_width: int = 60) -> str:
     """A plain-text table with columns padded to their widest cell."""
     cells = [[_cell(v, max_width) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()
+
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
 
@@ -40,13 +45,8 @@ def _cell(value: Any, max_width: int) -> str:
 
 
 def show_log(engine: Engine, *, provider: str | None, run_id: int | None, limit: int, as_json: bool) -> None:
-    query = select(ChangeLogRow).order_by(ChangeLogRow.id.desc()).limit(limit)
-    if provider:
-        query = query.where(ChangeLogRow.provider == provider)
-    if run_id is not None:
-        query = query.where(ChangeLogRow.run_id == run_id)
-    with Session(engine) as session:
-        rows = session.scalars(query).all()
+    """``syncd log``: the newest change-log rows, as a table or as JSON lines."""
+    rows = change_log(engine, provider=provider, run_id=run_id, limit=limit)
     if as_json:
         for row in rows:
             click.echo(json.dumps(_log_dict(row), ensure_ascii=False, default=str))
@@ -67,43 +67,34 @@ def _log_dict(row: ChangeLogRow) -> dict[str, Any]:
 
 
 def show_status(engine: Engine, config: Config) -> None:
-    with Session(engine) as session:
-        last = session.scalars(select(SyncRunRow).order_by(SyncRunRow.id.desc()).limit(1)).first()
-        if last is None:
-            click.echo("No sync run yet. Run `syncd sync` (or start `syncd run`).")
-        pulls = {p.provider: p for p in session.scalars(select(PullStateRow))}
-        rows = []
-        for provider in config.providers:
-            summary = (last.summary or {}).get("providers", {}).get(provider.name, {}) if last else {}
-            pull = pulls.get(provider.name)
-            rows.append([provider.name, provider.type, provider.mode,
-                         summary.get("status", "never run" if last else ""),
-                         _counts(summary), "yes" if pull and pull.complete else ("no" if pull else ""),
-                         summary.get("error", "")])
-        click.echo(render_table(["provider", "type", "mode", "last result", "counts", "pull complete", "error"], rows))
-        if last is not None:
-            next_run = last.started_at + timedelta(seconds=config.schedule.interval_seconds)
-            click.echo(f"\nLast run #{last.id} ({last.trigger}) started {last.started_at:%Y-%m-%d %H:%M:%S} UTC, "
-                       f"status {last.status}. Next scheduled run (when `syncd run` is up): {next_run:%Y-%m-%d %H:%M:%S} UTC.")
-        _show_open_problems(session)
+    """``syncd status``: per provider the last run's result, then the records that want attention."""
+    report = status_report(engine)
+    last = report.last_run
+    if last is None:
+        click.echo("No sync run yet. Run `syncd sync` (or start `syncd run`).")
+    rows = []
+    for provider in config.providers:
+        summary = (last.summary or {}).get("providers", {}).get(provider.name, {}) if last else {}
+        pull = report.pulls.get(provider.name)
+        rows.append([provider.name, provider.type, provider.mode,
+                     summary.get("status", "never run" if last else ""),
+                     _counts(summary), "yes" if pull and pull.complete else ("no" if pull else ""),
+                     summary.get("error", "")])
+    click.echo(render_table(["provider", "type", "mode", "last result", "counts", "pull complete", "error"], rows))
+    if last is not None:
+        next_run = last.started_at + timedelta(seconds=config.schedule.interval_seconds)
+        click.echo(f"\nLast run #{last.id} ({last.trigger}) started {last.started_at:%Y-%m-%d %H:%M:%S} UTC, "
+                   f"status {last.status}. Next scheduled run (when `syncd run` is up): {next_run:%Y-%m-%d %H:%M:%S} UTC.")
+    _show_open_problems(report)
 
 
 def _counts(summary: dict[str, Any]) -> str:
-    keys = ("pulled", "created_in", "updated_in", "deleted_in", "created_out", "updated_out", "deleted_out",
-            "conflicts", "rejected", "failed")
-    return " ".join(f"{k}={summary[k]}" for k in keys if summary.get(k))
+    return " ".join(f"{k}={summary[k]}" for k in SUMMARY_KEYS if summary.get(k))
 
 
-def _show_open_problems(session: Session) -> None:
+def _show_open_problems(report: StatusReport) -> None:
     """Records still failed or rejected (their latest change-log row), and held conflicts."""
-    latest = latest_outbound_ids()
-    problems = session.scalars(select(ChangeLogRow).where(ChangeLogRow.id.in_(latest),
-                                                           ChangeLogRow.status.in_(("failed", "rejected")))
-                               .order_by(ChangeLogRow.id.desc()).limit(100)).all()
-    held = session.scalars(select(ChangeLogRow).where(ChangeLogRow.action == "conflict",
-                                                       ChangeLogRow.status == "planned",
-                                                       ChangeLogRow.resolved_at.is_(None))
-                           .order_by(ChangeLogRow.id.desc()).limit(100)).all()
+    problems, held = report.problems, report.held
     if problems:
         click.echo("\nFailed or rejected records:")
         click.echo(render_table(["change", "provider", "entity", "action", "canonical", "remote", "status", "attempts", "error"],

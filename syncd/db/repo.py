@@ -38,7 +38,7 @@ from syncd.db.models import (
     SyncRunRow,
     table_of,
 )
-from syncd.leases import pid_alive
+from syncd.db.leases import pid_alive
 from syncd.model import BaseRecord, ChangeEntry, Contact, Group, RemoteContact, RemoteGroup, fingerprint
 
 __all__ = ["Book", "Ledger", "LedgerRow", "Store", "utcnow"]

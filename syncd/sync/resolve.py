@@ -1,41 +1,28 @@
-"""Settling a conflict held by the ``manual`` policy.
+"""Settling a conflict held by the ``manual`` policy: which version becomes the base.
 
 Resolution only rewrites the link's base; the next run does the rest through
 the ordinary decision table: keeping *local* makes the base equal the remote
 version (so the canonical side reads as "changed locally" and is pushed),
 keeping *remote* makes it equal the local version (so the provider's side reads
-as "changed remotely" and is pulled in).
+as "changed remotely" and is pulled in). The writes are
+:func:`syncd.db.conflicts.settle_conflict`.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine
 
-from syncd.db import journal
-from syncd.db.models import ChangeLogRow, LinkRow
-from syncd.db.repo import utcnow
-from syncd.errors import SyncdError
-from syncd.model import fingerprint
+from syncd.db.conflicts import Side, settle_conflict
 
-__all__ = ["resolve"]
+__all__ = ["base_for", "resolve"]
 
 
-def resolve(engine: Engine, change_id: int, keep: str) -> str:
-    with engine.begin() as conn:
-        row = conn.execute(select(ChangeLogRow).where(ChangeLogRow.id == change_id)).first()
-        if row is None or row.action != "conflict":
-            raise SyncdError(f"change {change_id} is not a conflict (see `syncd status`)")
-        if row.status != "planned" or row.resolved_at is not None:
-            raise SyncdError(f"conflict {change_id} is not waiting for a decision (status {row.status})")
-        versions = row.before or {}
-        base = versions.get("remote") if keep == "local" else versions.get("local")
-        if base is not None and row.canonical_id is not None:
-            conn.execute(update(LinkRow).where(LinkRow.provider == row.provider, LinkRow.entity == row.entity,
-                                               LinkRow.canonical_id == row.canonical_id)
-                         .values(base=base, base_fingerprint=fingerprint(base)))
-        if row.entity == "contact":  # the next (incremental) run must look at this record again
-            journal.record(conn, row.provider, "contact", canonical_ids=[row.canonical_id] if row.canonical_id else [],
-                           remote_ids=[row.remote_id] if row.remote_id and not row.canonical_id else [])
-        conn.execute(update(ChangeLogRow).where(ChangeLogRow.id == change_id).values(
-            status="applied", resolved_at=utcnow(), after={"kept": keep}))
+def base_for(keep: Side) -> Side:
+    """The version that becomes the link's base when ``keep`` wins: the other side's, so ``keep`` reads as changed."""
+    return "remote" if keep == "local" else "local"
+
+
+def resolve(engine: Engine, change_id: int, keep: Side) -> str:
+    """Settle held conflict ``change_id`` keeping the ``keep`` side's version; the message to show."""
+    settle_conflict(engine, change_id, base=base_for(keep), kept=keep)
     return f"conflict {change_id} resolved: {keep} version kept; the next run carries it out"

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine
 
 from syncd.errors import LeaseLost
-from syncd.leases import Busy, Lease, LeaseManager, lease_ttl, pid_alive
+from syncd.db.leases import Busy, Lease, LeaseManager, lease_ttl, pid_alive
 
 
 class Clock:

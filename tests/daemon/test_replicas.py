@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from syncd.cli import cli
 from syncd.config import Config, DatabaseSettings, SyncSettings
 from syncd.db.engine import make_engine
-from syncd.leases import LeaseManager, lease_ttl
+from syncd.db.leases import LeaseManager, lease_ttl
 from syncd.sync.run import run_once
 from tests.daemon.conftest import (
     phone,

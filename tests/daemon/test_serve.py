@@ -13,10 +13,11 @@ import structlog
 from sqlalchemy import Engine, func, insert, select
 
 from syncd.config import Config, DatabaseSettings, ScheduleSettings, SyncSettings
-from syncd.daemon import Daemon, prune_change_log
+from syncd.daemon import Daemon
+from syncd.db.housekeeping import prune_change_log
 from syncd.db.models import ChangeLogRow, SyncRunRow
+from syncd.db.reports import last_successes
 from syncd.errors import ConfigError
-from syncd.metrics import last_successes
 from syncd.notify import Notifier
 from tests.daemon.conftest import seed_contacts, sql, wait_until
 from tests.e2e.conftest import FAST_RETRY, provider_settings

@@ -33,8 +33,8 @@ import sqlalchemy.dialects.sqlite  # noqa: F401
 
 import syncd.cli.commands  # noqa: F401
 import syncd.config  # noqa: F401
+import syncd.db.leases  # noqa: F401
 import syncd.db.migrate  # noqa: F401
-import syncd.leases  # noqa: F401
 import syncd.logs  # noqa: F401
 import syncd.providers.sendhub  # noqa: F401
 import syncd.providers.smsend  # noqa: F401

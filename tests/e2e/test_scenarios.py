@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from tests.e2e.conftest import World
 
 
@@ -131,6 +133,26 @@ class TestBothSidesChanged:
         world.sync()
         [row] = world.sql("SELECT name, surname FROM contacts WHERE phone = '+16502530001'")
         assert (row.name, row.surname) == ("Remote", "Name")
+
+    def test_resolving_keep_local_pushes_it_and_settles_the_conflict_once(self, world: World):
+        from syncd.errors import SyncdError
+        from syncd.sync.resolve import resolve
+
+        self.setup_world(world, "manual")
+        world.sync()
+        [conflict] = world.sql("SELECT id FROM change_log WHERE action = 'conflict' AND status = 'planned'")
+        message = resolve(world.engine, conflict.id, "local")
+        assert message == f"conflict {conflict.id} resolved: local version kept; the next run carries it out"
+        world.sync()  # incremental: the journal entry resolve wrote brings the record back
+        assert world.sendhub.state.find("+16502530001").name == "Local Name"
+        [row] = world.sql("SELECT status, after, resolved_at FROM change_log WHERE id = :id", id=conflict.id)
+        after = row.after if isinstance(row.after, dict) else __import__("json").loads(row.after)
+        assert row.status == "applied" and after == {"kept": "local"} and row.resolved_at is not None
+        with pytest.raises(SyncdError, match="is not waiting for a decision"):
+            resolve(world.engine, conflict.id, "remote")
+        [applied] = world.sql("SELECT id FROM change_log WHERE action != 'conflict' LIMIT 1")
+        with pytest.raises(SyncdError, match="is not a conflict"):
+            resolve(world.engine, applied.id, "local")
 
 
 def test_non_north_american_number_is_rejected_for_sendhub_only(world: World):

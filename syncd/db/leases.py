@@ -40,21 +40,21 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import structlog
 from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncd.db.models import SyncLeaseRow
+from syncd.db.clock import utcnow
+from syncd.db.models import SyncLeaseRow, table_of
 from syncd.errors import LeaseLost, SyncdError
 
-__all__ = ["Busy", "Hold", "Lease", "LeaseManager", "lease_ttl", "pid_alive"]
+__all__ = ["Busy", "Hold", "Lease", "LeaseManager", "LeaseRow", "lease_ttl", "pid_alive"]
 
-log = structlog.get_logger("syncd.leases")
+log = structlog.get_logger("syncd.db.leases")
 
-_LEASES = SyncLeaseRow.__table__
+_LEASES = table_of(SyncLeaseRow)
 
 #: Owner tokens issued by managers in this process: a lease naming this
 #: process's host and pid with a token not in here belongs to a dead earlier
@@ -70,10 +70,6 @@ def lease_ttl(interval_seconds: float) -> float:
     floor keeps a slow database transaction from losing the lease.
     """
     return min(60.0, max(5.0, 2.0 * interval_seconds))
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def pid_alive(pid: int) -> bool:
@@ -101,6 +97,18 @@ class Lease:
     provider: str
     generation: int
     expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRow:
+    """An account's ``sync_leases`` row as read: who holds the lease (``owner`` None: nobody), until when."""
+
+    provider: str
+    owner: str | None
+    host: str | None
+    pid: int | None
+    expires_at: datetime
+    generation: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +146,7 @@ class LeaseManager:
         """Take ``provider``'s lease if it is claimable (see the module docstring), else say who holds it."""
         now = self.clock()
         with self._transaction() as conn:
-            _ensure_row(conn, provider, now)
-            row = _locked_row(conn, provider)
+            row = _ensured_row(conn, provider, now)
             why = self._claimable(row, now)
             if why is None:
                 return Busy(provider, row.owner, row.expires_at)
@@ -158,8 +165,7 @@ class LeaseManager:
         """Extend ``lease`` by the TTL from now; LeaseLost when it was taken or has expired."""
         now = self.clock()
         with self._transaction() as conn:
-            row = _locked_row(conn, lease.provider)
-            self._verify(lease, row, now)
+            self._verify(lease, _read_row(conn, lease.provider, lock=True), now)
             expires_at = now + timedelta(seconds=self.ttl)
             conn.execute(update(_LEASES).where(_LEASES.c.provider == lease.provider,
                                                _LEASES.c.generation == lease.generation)
@@ -170,8 +176,7 @@ class LeaseManager:
         """The fence: LeaseLost unless ``lease`` is still ours with at least :attr:`margin` to run."""
         now = self.clock()
         with self.engine.connect() as conn:
-            row = conn.execute(select(_LEASES).where(_LEASES.c.provider == lease.provider)).first()
-        self._verify(lease, row, now)
+            row = self._verify(lease, _read_row(conn, lease.provider), now)
         if (row.expires_at - now).total_seconds() < self.margin:
             return self.renew(lease)
         return Lease(lease.provider, lease.generation, row.expires_at)
@@ -185,10 +190,10 @@ class LeaseManager:
                                   .values(owner=None, host=None, pid=None, expires_at=self.clock()))
         return bool(result.rowcount)
 
-    def holder(self, provider: str) -> Any:
+    def holder(self, provider: str) -> LeaseRow | None:
         """The lease row of ``provider`` as it is now (None if never claimed); for status and tests."""
         with self.engine.connect() as conn:
-            return conn.execute(select(_LEASES).where(_LEASES.c.provider == provider)).first()
+            return _read_row(conn, provider)
 
     # -- several leases for one run ----------------------------------------------
 
@@ -206,7 +211,7 @@ class LeaseManager:
 
     # -- rules ----------------------------------------------------------------------
 
-    def _claimable(self, row: Any, now: datetime) -> str | None:
+    def _claimable(self, row: LeaseRow, now: datetime) -> str | None:
         """Why the lease in ``row`` may be taken now, or None when it may not."""
         if row.owner is None:
             return "free"
@@ -221,13 +226,15 @@ class LeaseManager:
                 return "owner process is gone"
         return None
 
-    def _verify(self, lease: Lease, row: Any, now: datetime) -> None:
+    def _verify(self, lease: Lease, row: LeaseRow | None, now: datetime) -> LeaseRow:
+        """``row``, when it shows ``lease`` still ours and unexpired; else LeaseLost saying why not."""
         if row is None or row.owner != self.owner or row.generation != lease.generation:
             holder = "nobody" if row is None or row.owner is None else row.owner
             raise LeaseLost(f"{lease.provider}: lease lost (now held by {holder}, "
                             f"generation {row.generation if row is not None else '?'}, ours was {lease.generation})")
         if row.expires_at <= now:
             raise LeaseLost(f"{lease.provider}: lease expired at {row.expires_at.isoformat()} before it was renewed")
+        return row
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
@@ -333,15 +340,22 @@ class Hold:
 # -- statements ----------------------------------------------------------------------------
 
 
-def _ensure_row(conn: Connection, provider: str, now: datetime) -> None:
-    """Create ``provider``'s lease row, free, if it does not exist (concurrent callers: one wins, no error)."""
+def _ensured_row(conn: Connection, provider: str, now: datetime) -> LeaseRow:
+    """``provider``'s lease row, locked; created free first if it does not exist (concurrent callers: one wins)."""
     dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(conn.dialect.name)
     if dialect is None:
         raise SyncdError(f"leases support SQLite and PostgreSQL, not {conn.dialect.name}")
     conn.execute(dialect.insert(_LEASES).values(provider=provider, generation=0, expires_at=now)
                  .on_conflict_do_nothing(index_elements=["provider"]))
+    row = _read_row(conn, provider, lock=True)
+    assert row is not None, "written just above, in this transaction"
+    return row
 
 
-def _locked_row(conn: Connection, provider: str) -> Any:
+def _read_row(conn: Connection, provider: str, *, lock: bool = False) -> LeaseRow | None:
+    """``provider``'s lease row (None when it has none), locked until the transaction ends when ``lock``."""
+    query = select(_LEASES.c.provider, _LEASES.c.owner, _LEASES.c.host, _LEASES.c.pid, _LEASES.c.expires_at,
+                   _LEASES.c.generation).where(_LEASES.c.provider == provider)
     # FOR UPDATE is dropped by SQLAlchemy on SQLite, where BEGIN IMMEDIATE already serialises writers.
-    return conn.execute(select(_LEASES).where(_LEASES.c.provider == provider).with_for_update()).first()
+    row = conn.execute(query.with_for_update() if lock else query).first()
+    return None if row is None else LeaseRow(*row)
