@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, LargeBinary, String, cast, delete, func, insert, or_, select, type_coerce, update
@@ -25,6 +25,8 @@ from sqlalchemy.orm import Session
 from syncd.db import journal
 from syncd.db.batch import chunks, insert_ids, insert_rows, rows_in, update_by_id
 from syncd.db.canonical import Book, Invalid, read_contacts, read_groups
+from syncd.db.clock import utcnow
+from syncd.db.leases import pid_alive
 from syncd.db.models import (
     ChangeLogRow,
     ContactRow,
@@ -38,13 +40,9 @@ from syncd.db.models import (
     SyncRunRow,
     table_of,
 )
-from syncd.db.leases import pid_alive
 from syncd.model import BaseRecord, ChangeEntry, Contact, Group, RemoteContact, RemoteGroup, fingerprint
 
-__all__ = ["Book", "Ledger", "LedgerRow", "Store", "utcnow"]
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+__all__ = ["Book", "Ledger", "LedgerRow", "Store"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,8 @@ from sqlalchemy import Engine
 from syncd.config import Config, ProviderSettings
 from syncd.db.canonical import KEEPER
 from syncd.db.journal import FLOOR, Position
-from syncd.db.repo import Book, Store, utcnow
+from syncd.db.clock import utcnow
+from syncd.db.repo import Book, Store
 from syncd.dberrors import database_outage
 from syncd.errors import LeaseLost, ProviderError, Unsupported
 from syncd.model import BaseRecord, Contact, Deletes, Mode, Preference, RemoteGroup, fingerprint, group_key
