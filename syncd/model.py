@@ -35,6 +35,7 @@ __all__ = [
     "Deletes",
     "LocalRecord",
     "Mode",
+    "PendingStatus",
     "Preference",
     "RemoteRecord",
     "Contact",
@@ -219,6 +220,15 @@ class Deletes(StrEnum):
     PROPAGATE = "propagate"  # carried out
     APPROVE = "approve"  # held as a pending delete until an operator approves or declines it
     NEVER = "never"  # never deleted at the provider; one deleted there is re-created from the book
+
+
+class PendingStatus(StrEnum):
+    """The ``change_log`` status of a deletion held for an operator (``deletes = "approve"``)."""
+
+    AWAITING = "awaiting_approval"
+    APPROVED = "approved"  # the next run carries it out
+    DECLINED = "declined"  # the next run restores the record on the side that lost it
+    CANCELLED = "cancelled"  # the record came back or changed before anyone decided
 
 
 class Preference(StrEnum):

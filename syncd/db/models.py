@@ -35,7 +35,8 @@ never renamed.
     ``update``/``delete``/``link``/``conflict``/``duplicate``/``guarded``),
     ``direction`` (``inbound``/``outbound``), ``canonical_id``, ``remote_id``,
     ``status`` (``planned``/``pending``/``applied``/``failed``/``rejected``/
-    ``skipped``), ``before``, ``after`` (JSON), ``error``, ``reason`` (why the
+    ``skipped``; a pending delete: ``awaiting_approval``/``approved``/
+    ``declined``/``cancelled``), ``before``, ``after`` (JSON), ``error``, ``reason`` (why the
     operation was planned), ``attempts``, ``next_attempt_at``, ``resolved_at``
     (when a manual conflict was settled), ``fingerprint`` (the local
     projection a rejected operation was planned for: it is retried only once
@@ -368,7 +369,7 @@ class ChangeLogRow(Base):
     direction: Mapped[str] = mapped_column(String(16), nullable=False)
     canonical_id: Mapped[int | None] = mapped_column(Integer)
     remote_id: Mapped[str | None] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[str] = mapped_column(String(24), nullable=False)
     before: Mapped[dict[str, Any] | None] = mapped_column(JSONValue())
     after: Mapped[dict[str, Any] | None] = mapped_column(JSONValue())
     error: Mapped[str | None] = mapped_column(Text)

@@ -40,7 +40,16 @@ from syncd.db.models import (
     SyncRunRow,
     table_of,
 )
-from syncd.model import BaseRecord, ChangeEntry, Contact, Group, RemoteContact, RemoteGroup, fingerprint
+from syncd.model import (
+    BaseRecord,
+    ChangeEntry,
+    Contact,
+    Group,
+    PendingStatus,
+    RemoteContact,
+    RemoteGroup,
+    fingerprint,
+)
 
 __all__ = ["Book", "Ledger", "LedgerRow", "Store"]
 
@@ -559,7 +568,7 @@ class Store:
         with self.session() as s:
             rows = s.execute(select(c.id, c.entity, c.direction, c.canonical_id, c.remote_id, c.status).where(
                 c.provider == provider, c.action == "delete", c.resolved_at.is_(None),
-                c.status.in_(("awaiting_approval", "approved", "declined")))).all()
+                c.status.in_((PendingStatus.AWAITING, PendingStatus.APPROVED, PendingStatus.DECLINED)))).all()
         return {(entity, direction, cid, rid): (id_, status) for id_, entity, direction, cid, rid, status in rows}
 
     def settle_pending_deletes(self, s: Session, ids: Collection[int], *, status: str | None = None,

@@ -475,6 +475,25 @@ class SendHubAccount:
             contact.changed(self.now())
             return contact
 
+    def restore(self, contact_id: str) -> Contact:
+        """Clear a contact's ``deleted`` flag (as SendHub's support may): it is back, without its old groups.
+
+        ValueError if its number or keyword went to another contact meanwhile.
+        """
+        with self.lock:
+            contact = self.contacts[contact_id]
+            if not contact.deleted:
+                return contact
+            for key, index in ((contact.number, self._by_number), (contact.keyword, self._by_keyword)):
+                if index.get(key, contact.id) != contact.id:
+                    raise ValueError(f"{key!r} is taken again: the contact cannot come back")
+            contact.deleted = False
+            self._by_number[contact.number] = contact.id
+            if contact.keyword:
+                self._by_keyword[contact.keyword] = contact.id
+            contact.changed(self.now())
+            return contact
+
     def _unindex(self, contact: Contact) -> None:
         if self._by_number.get(contact.number) == contact.id:
             del self._by_number[contact.number]

@@ -14,7 +14,7 @@ from enum import StrEnum
 from datetime import datetime
 from typing import Any
 
-from syncd.model import ChangeEntry, Deletes
+from syncd.model import ChangeEntry, Deletes, PendingStatus
 
 __all__ = [
     "Action",
@@ -156,16 +156,12 @@ def log_entry(op: Operation, provider: str, status: str, *, error: str | None = 
                        canonical_id, op.remote_id, before, op.after, error, attempts, next_attempt_at, fingerprint)
 
 
-#: change_log statuses of a pending delete (``deletes = "approve"``): waiting, then the operator's decision.
-AWAITING, APPROVED, DECLINED, CANCELLED = "awaiting_approval", "approved", "declined", "cancelled"
-
-
 @dataclass(frozen=True, slots=True)
 class PendingDelete:
     """A deletion held for an operator (a ``change_log`` row): its id and where it stands."""
 
     id: int
-    status: str  # awaiting_approval | approved | declined
+    status: PendingStatus
 
 
 def pending_key(op: Operation) -> tuple[str, str, int | None, str | None]:
@@ -207,11 +203,11 @@ def _never_deleted(op: Operation, provider: str) -> Operation:
 
 
 def _approved_or_held(op: Operation, provider: str, pending: PendingDelete | None) -> Operation:
-    if pending is None or pending.status == AWAITING:
+    if pending is None or pending.status is PendingStatus.AWAITING:
         return replace(op, held=True, skip_reason="awaiting approval (`syncd deletes`)",
                        extra={**op.extra, "pending": "waiting" if pending else "new"})
     decision = {**op.extra, "decision": pending.id}
-    if pending.status == APPROVED:
+    if pending.status is PendingStatus.APPROVED:
         return replace(op, reason=f"{op.reason} (deletion approved in change {pending.id})", extra=decision)
     where = "the book" if op.direction is Direction.INBOUND else provider
     restored = Direction.OUTBOUND if op.direction is Direction.INBOUND else Direction.INBOUND

@@ -38,15 +38,23 @@ from syncd.db.clock import utcnow
 from syncd.db.repo import Book, Store
 from syncd.dberrors import database_outage
 from syncd.errors import LeaseLost, ProviderError, Unsupported
-from syncd.model import BaseRecord, Contact, Deletes, Mode, Preference, RemoteGroup, fingerprint, group_key
+from syncd.model import (
+    BaseRecord,
+    Contact,
+    Deletes,
+    Mode,
+    PendingStatus,
+    Preference,
+    RemoteGroup,
+    fingerprint,
+    group_key,
+)
 from syncd.providers import build_provider
 from syncd.providers.base import Provider
 from syncd.sync import project
 from syncd.sync.executor import Ledger, Pusher, RetryRules
 from syncd.sync.inbound import InboundApplier, Touched
 from syncd.sync.plan import (
-    AWAITING,
-    CANCELLED,
     Action,
     Direction,
     Entity,
@@ -287,7 +295,7 @@ class Run:
         store = self.store
         a.group_links = store.load_links(a.name, "group")
         a.ledger = store.retry_ledger(a.name)
-        a.pending = {key: PendingDelete(id_, status) for key, (id_, status) in store.pending_deletes(a.name).items()}
+        a.pending = {key: PendingDelete(id_, PendingStatus(status)) for key, (id_, status) in store.pending_deletes(a.name).items()}
         self._warn_unknown_groups(a)
         a.position = positions.get(a.name)
         a.report.full = self._needs_full_run(a, positions)
@@ -489,22 +497,23 @@ class Run:
         fresh = [op for op in ops if op.extra.get("pending") == "new"]
         if fresh:
             with self.store.session() as s, s.begin():
-                ids = self.store.log(s, self.run_id, [log_entry(op, a.name, AWAITING) for op in fresh])
+                ids = self.store.log(s, self.run_id, [log_entry(op, a.name, PendingStatus.AWAITING) for op in fresh])
             for op, id_ in zip(fresh, ids, strict=True):
-                a.pending[pending_key(op)] = PendingDelete(id_, AWAITING)
+                a.pending[pending_key(op)] = PendingDelete(id_, PendingStatus.AWAITING)
             log.warning("deletes.awaiting_approval", provider=a.name, count=len(fresh))
         return [op for op in ops if "pending" not in op.extra]
 
     def _call_off(self, a: _Account, ops: Sequence[Operation], window: Window) -> None:
         """Pending deletes of this window's records that the plan no longer has: the record came back or changed."""
-        planned = {pending_key(op) for op in ops if op.action is Action.DELETE or "decision" in op.extra}
+        planned = {pending_key(op) for op in ops if op.action is Action.DELETE}
+        decided = {op.extra["decision"] for op in ops if "decision" in op.extra}  # a declined one plans a create
         records = {*window.links, *window.contacts} | {l.remote_id for l in window.links.values()} | {*window.mirror}
         gone = [(key, p) for key, p in a.pending.items() if key[0] == "contact" and key not in planned
-                and (key[2] in records or key[3] in records)]
+                and p.id not in decided and (key[2] in records or key[3] in records)]
         if not gone:
             return
         with self.store.session() as s, s.begin():
-            self.store.settle_pending_deletes(s, [p.id for _, p in gone], status=CANCELLED,
+            self.store.settle_pending_deletes(s, [p.id for _, p in gone], status=PendingStatus.CANCELLED,
                                               note="called off: the record came back or changed")
         for key, _ in gone:
             del a.pending[key]

@@ -49,7 +49,7 @@ def test_upgrade_applies_once_then_reports_up_to_date(db_url: str) -> None:
     assert upgrade(db_url) is False
     engine = make_engine(db_url)
     try:
-        assert current_revision(engine) == head_revision() == "0003"
+        assert current_revision(engine) == head_revision() == "0004"
         check_schema(engine)
     finally:
         engine.dispose()
