@@ -172,6 +172,38 @@ def resolve(app: AppContext, change_id: int, keep: Side) -> None:
     sys.exit(resolve_conflict(app, change_id, keep))
 
 
+@cli.group(invoke_without_command=True)
+@click.option("--provider", metavar="NAME", help="Only this provider's.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
+@click.pass_context
+@catch_errors
+def deletes(ctx: click.Context, provider: str | None, as_json: bool) -> None:
+    """Deletions held for approval (providers with deletes = "approve"); approve or reject them."""
+    if ctx.invoked_subcommand is None:
+        from syncd.cli.deletes import show_deletes
+
+        show_deletes(ctx.obj, provider=provider, as_json=as_json)
+
+
+def _decision(approve: bool) -> Callable[..., None]:
+    @click.argument("ids", type=int, nargs=-1, metavar="[ID]...")
+    @click.option("--all", "every", is_flag=True, help="Every pending delete (of --provider, if given).")
+    @click.option("--provider", metavar="NAME", help="With --all: only this provider's.")
+    @pass_app
+    @catch_errors
+    def command(app: AppContext, ids: tuple[int, ...], every: bool, provider: str | None) -> None:
+        from syncd.cli.deletes import decide_deletes
+
+        sys.exit(decide_deletes(app, ids, every=every, provider=provider, approve=approve))
+
+    return command
+
+
+deletes.command("approve", help="Approve pending deletes: the next run carries them out.")(_decision(True))
+deletes.command("reject", help="Reject pending deletes: the next run restores each record where it was deleted.")(
+    _decision(False))
+
+
 @cli.command("import")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--skip-invalid", is_flag=True, help="Import the valid rows of a file with errors.")

@@ -39,6 +39,13 @@ class AppContext:
                 click.echo(f"warning: {warning}", err=True)
         return self._config
 
+    def check_provider_names(self, names: tuple[str, ...] | list[str]) -> None:
+        """A usage error (exit 2) naming each of ``names`` the configuration has no provider of."""
+        known = {p.name for p in self.config.providers}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise click.UsageError(f"unknown provider {', '.join(unknown)} (configured: {', '.join(sorted(known))})")
+
     def engine(self, *, check: bool = True) -> Engine:
         """The configured database; refuses (SchemaError) when the schema is behind."""
         if self._engine is None:

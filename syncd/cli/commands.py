@@ -20,13 +20,6 @@ if TYPE_CHECKING:
 __all__ = ["print_plan", "print_summary", "resolve_conflict", "run_daemon", "run_plan", "run_sync"]
 
 
-def _check_names(app: AppContext, names: tuple[str, ...]) -> None:
-    known = {p.name for p in app.config.providers}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise click.UsageError(f"unknown provider {', '.join(unknown)} (configured: {', '.join(sorted(known))})")
-
-
 def run_sync(app: AppContext, providers: tuple[str, ...], *, dry_run: bool, allow_mass_delete: bool,
              full: bool = False) -> int:
     """``syncd sync``: one run of the enabled accounts (those named, if any) whose leases it gets."""
@@ -36,7 +29,7 @@ def run_sync(app: AppContext, providers: tuple[str, ...], *, dry_run: bool, allo
     from syncd.db.leases import LeaseManager, lease_ttl
     from syncd.runner import enabled_accounts, run_leased
 
-    _check_names(app, providers)
+    app.check_provider_names(providers)
     config, engine = app.config, app.engine()
     accounts = enabled_accounts(config, providers)
     # The daemon's leases: a manual sync never syncs an account a replica is syncing.
@@ -66,7 +59,7 @@ def run_plan(app: AppContext, providers: tuple[str, ...], *, detailed_exitcode: 
     from syncd.cli.progress import terminal_progress
     from syncd.sync.run import run_once
 
-    _check_names(app, providers)
+    app.check_provider_names(providers)
     report = asyncio.run(run_once(app.config, app.engine(), only=providers, dry_run=True, full=full,
                                   progress=terminal_progress()))
     print_plan(report)

@@ -22,7 +22,16 @@ from syncd.db.models import ChangeLogRow
 from syncd.errors import SyncdError
 from syncd.model import PendingStatus
 
-__all__ = ["Pending", "decide", "pending_deletes"]
+__all__ = ["NotPending", "Pending", "decide", "pending_deletes"]
+
+
+class NotPending(SyncdError):
+    """Ids an operator named that are not deletions awaiting approval."""
+
+    def __init__(self, ids: Collection[int]) -> None:
+        self.ids = sorted(ids)
+        super().__init__(f"change {', '.join(map(str, self.ids))} is not a deletion awaiting approval "
+                         "(see `syncd deletes`)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +75,7 @@ def decide(engine: Engine, ids: Collection[int] | None, *, approve: bool, provid
     chosen = sorted(waiting) if ids is None else sorted(set(ids))
     unknown = [i for i in chosen if i not in waiting]
     if unknown:
-        raise SyncdError(f"change {', '.join(map(str, unknown))} is not a deletion awaiting approval "
-                         "(see `syncd deletes`)")
+        raise NotPending(unknown)
     with engine.begin() as conn:
         for id_ in chosen:
             conn.execute(update(ChangeLogRow).where(ChangeLogRow.id == id_)

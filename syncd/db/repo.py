@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, LargeBinary, String, cast, delete, func, insert, or_, select, type_coerce, update
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -247,6 +248,20 @@ class Store:
         ids = insert_ids(s, table_of(ContactRow), rows)
         self._insert_members(s, [(cid, c.groups) for cid, c in zip(ids, contacts, strict=True)])
         return ids
+
+    def restore_contact(self, s: Session, contact: Contact) -> bool:
+        """Insert ``contact`` under its own (old) id with its memberships; False when that id or number is taken."""
+        if contact.id is None or s.get(ContactRow, contact.id) is not None:
+            return False
+        try:
+            with s.begin_nested():
+                s.execute(insert(ContactRow).values(
+                    id=contact.id, phone=contact.phone, name=contact.name, surname=contact.surname,
+                    email=contact.email, extra=dict(contact.extra), opted_out=contact.opted_out))
+                self._insert_members(s, [(contact.id, contact.groups)])
+        except IntegrityError:
+            return False
+        return True
 
     def update_contacts(self, s: Session, contacts: Sequence[Contact], *, groups_changed: Collection[int]) -> None:
         """Write contacts' attributes; replace the memberships of those in ``groups_changed``."""

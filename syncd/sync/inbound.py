@@ -121,6 +121,8 @@ class InboundApplier:
         contact = Contact(None, op.key, attrs.get("name", ""), attrs.get("surname", ""), attrs.get("email", ""),
                           attrs.get("extra", {}), bool(op.extra.get("opted_out")),
                           frozenset(g for g in (op.after or {}).get("groups", []) if g in self.book.groups))
+        if "decision" in op.extra and op.canonical_id is not None:  # a declined deletion: under its old id
+            contact = replace(contact, id=op.canonical_id)
         self._pending.creates.append((op, contact))
         if contact.opted_out:
             self.store.remember_opt_outs(s, self.name, [(contact.phone, STOP, None)])
@@ -326,6 +328,13 @@ class InboundApplier:
         self._write_links(s)
 
     def _write_creates(self, s: Session, creates: list[tuple[Operation, Contact]]) -> None:
+        fresh = []
+        for op, contact in creates:
+            if contact.id is not None and self.store.restore_contact(s, contact):
+                self._wrote(s, op, contact, contact.id)
+            else:  # new, or its old id (or number) taken meanwhile: a new id
+                fresh.append((op, replace(contact, id=None)))
+        creates = fresh
         if not creates:
             return
         try:
@@ -336,10 +345,13 @@ class InboundApplier:
         for (op, contact), cid in zip(creates, ids, strict=True):
             if cid is None:
                 self._entries.extend(self._refused(op))
-                continue
-            self.contacts[cid] = replace(contact, id=cid)
-            self._phones[contact.phone] = cid
-            self._entries.extend(self._created(s, op, cid))
+            else:
+                self._wrote(s, op, contact, cid)
+
+    def _wrote(self, s: Session, op: Operation, contact: Contact, cid: int) -> None:
+        self.contacts[cid] = replace(contact, id=cid)
+        self._phones[contact.phone] = cid
+        self._entries.extend(self._created(s, op, cid))
 
     def _create_one(self, s: Session, contact: Contact) -> int | None:
         try:

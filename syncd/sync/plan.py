@@ -209,10 +209,12 @@ def _approved_or_held(op: Operation, provider: str, pending: PendingDelete | Non
     decision = {**op.extra, "decision": pending.id}
     if pending.status is PendingStatus.APPROVED:
         return replace(op, reason=f"{op.reason} (deletion approved in change {pending.id})", extra=decision)
-    where = "the book" if op.direction is Direction.INBOUND else provider
+    # An inbound delete would have deleted from the book: the provider lost the record, it is restored there.
+    where = provider if op.direction is Direction.INBOUND else "the book"
     restored = Direction.OUTBOUND if op.direction is Direction.INBOUND else Direction.INBOUND
+    # The canonical id goes with it both ways: restored in the book, the contact takes its old id back
+    # where it is free, so the links other providers keep to it hold again.
     return Operation(Action.CREATE, op.entity, restored,
-                     f"deletion declined in change {pending.id}: restored at {where}",
-                     canonical_id=op.canonical_id if restored is Direction.OUTBOUND else None,
-                     remote_id=op.remote_id if restored is Direction.INBOUND else None, key=op.key,
-                     after=op.before, extra=decision)
+                     f"deletion declined in change {pending.id}: restored in {where}",
+                     canonical_id=op.canonical_id, remote_id=op.remote_id if restored is Direction.INBOUND else None,
+                     key=op.key, after=op.before, extra=decision)

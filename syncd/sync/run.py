@@ -644,8 +644,8 @@ class Run:
                 return
             window = self._load(a, part)
             plan = self._plan_contacts(a, window)
+            self._call_off(a, plan, window)  # another provider's inbound may have brought a record back
             if applier is not None:  # no inbound phase of its own (see _steps)
-                self._call_off(a, plan, window)
                 inbound = [op for op in plan if op.direction is Direction.INBOUND or op.action is Action.UNLINK]
                 if inbound:
                     a.report.planned(inbound)

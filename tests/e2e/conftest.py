@@ -1,7 +1,7 @@
 """End-to-end fixtures: both simulators over real HTTP, a migrated database, and `run_once`.
 
 ``world`` gives a :class:`World`: the two simulator servers, the Config that
-points at them, the engine, and ``sync()`` / ``plan()`` helpers.
+points at them, the engine, and ``sync()`` / ``plan()`` / ``cli()`` helpers.
 """
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
+from click.testing import CliRunner, Result
 from sqlalchemy import Engine, text
 
+from syncd.cli import cli
+from syncd.cli.app import AppContext
 from syncd.config import Config, DatabaseSettings, ProviderSettings, Secret, SyncSettings
 from syncd.db.engine import make_engine
 from syncd.db.migrate import upgrade
@@ -56,6 +59,13 @@ class World:
         with self.engine.begin() as conn:
             result = conn.execute(text(statement), params)
             return list(result) if result.returns_rows else []
+
+    def cli(self, *args: str) -> Result:
+        """``syncd ARGS`` through the real command line, on this world's configuration and database."""
+        app = AppContext(None, _config=self.config, _engine=self.engine)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("syncd.cli.AppContext", lambda _path: app)
+            return CliRunner().invoke(cli, list(args))
 
     def reconfigure(self, **sync_settings: Any) -> None:
         self.config = replace(self.config, sync=replace(self.config.sync, **sync_settings))

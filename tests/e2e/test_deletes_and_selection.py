@@ -7,6 +7,7 @@ changed and removed).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from syncd.db.pending import decide, pending_deletes
@@ -87,6 +88,50 @@ class TestApprove:
         report = world.sync()
         assert any(op.action.value == "guarded" for p in report.providers for op in p.plan)
         assert at_sendhub(world) == {A, B, C}
+
+
+class TestDeletesCommand:
+    """``syncd deletes``: list, approve and reject through the real command line."""
+
+    def test_listed_then_approved_by_id(self, world: World):
+        three_everywhere(world, deletes="approve")
+        world.sql("DELETE FROM contacts WHERE phone = :a", a=A)
+        world.sync()
+        listed = world.cli("deletes")
+        assert listed.exit_code == 0 and "deletes from" in listed.output and "Ann" in listed.output, listed.output
+        [sendhub, smsend] = sorted(json.loads(world.cli("deletes", "--json").output), key=lambda p: p["provider"])
+        assert (sendhub["side"], sendhub["entity"], sendhub["last_version"]["number"]) == ("sendhub", "contact", A)
+        assert smsend["side"] == "smsend" and smsend["remote_id"] == A
+        approved = world.cli("deletes", "approve", str(sendhub["id"]))
+        assert approved.exit_code == 0 and "1 deletion approved" in approved.output, approved.output
+        world.sync()
+        assert A not in at_sendhub(world) and A in at_smsend(world)
+        assert [p["id"] for p in json.loads(world.cli("deletes", "--json").output)] == [smsend["id"]]
+
+    def test_rejected_all_of_one_provider(self, world: World):
+        three_everywhere(world, deletes="approve")
+        world.sql("DELETE FROM contacts WHERE phone = :a", a=A)
+        world.sync()
+        rejected = world.cli("deletes", "reject", "--all", "--provider", "smsend")
+        assert rejected.exit_code == 0 and "1 deletion rejected" in rejected.output, rejected.output
+        world.sync()
+        assert world.sql("SELECT id FROM contacts WHERE phone = :a", a=A) == [(1,)], "restored under its old id"
+        assert world.cli("deletes", "--json").output.strip() == "[]", "back in the book: sendhub's delete is off"
+        [(reason,)] = world.sql("SELECT reason FROM change_log WHERE status = 'applied' AND reason LIKE '%declined%'")
+        assert reason.endswith("restored in the book")
+        [(note,)] = world.sql("SELECT error FROM change_log WHERE provider = 'sendhub' AND status = 'cancelled'")
+        assert "came back" in note
+        assert world.sync().pending_changes == 0 and at_sendhub(world) == at_smsend(world) == book(world)
+
+    def test_bad_input_is_exit_2_naming_it(self, world: World):
+        three_everywhere(world, deletes="approve")
+        unknown = world.cli("deletes", "approve", "999")
+        assert unknown.exit_code == 2 and "999 is not a deletion awaiting approval" in unknown.output
+        both = world.cli("deletes", "approve", "1", "--all")
+        assert both.exit_code == 2 and "not both" in both.output
+        typo = world.cli("deletes", "--provider", "sendhbu")
+        assert typo.exit_code == 2 and "unknown provider sendhbu" in typo.output
+        assert world.cli("deletes").output.strip() == "No deletion is waiting for approval."
 
 
 class TestNever:
