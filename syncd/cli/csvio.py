@@ -45,7 +45,11 @@ is in, not what it left); an unchanged contact is not written.
 Export
 ======
 All contacts by id: ``phone,name,surname,email,groups``, one column per extra
-key (sorted union), then ``opted_out`` (``true``/``false``). Non-string extra
+key (sorted union), then ``opted_out`` (``true``/``false``) and
+``opted_out_origin``: where an opted-out contact's opt-out came from, as
+``provider:origin`` (``smsend:STOPSMS``, ``smsend:WEB``, ``sendhub:STOP``…),
+empty when no provider reported it (set in the book, by CSV or SQL). Import
+reads that column as information only and ignores it. Non-string extra
 values are written as JSON. A cell a spreadsheet would run as a formula
 (starting with ``=``, ``+``, ``-``, ``@``, tab or CR) gets a leading ``'``; so
 does a cell that already starts with quotes followed by one of those, and
@@ -111,7 +115,7 @@ __all__ = [
     "write_rows",
 ]
 
-KNOWN_COLUMNS = ("phone", "name", "surname", "email", "groups", "opted_out")
+KNOWN_COLUMNS = ("phone", "name", "surname", "email", "groups", "opted_out", "opted_out_origin")  # the last: export only
 EXTRA_PREFIX = "extra."
 GROUP_SEPARATOR = ";"
 #: Longest cell accepted: far above any real name or note, low enough that a
@@ -446,8 +450,10 @@ def export_rows(engine: Engine) -> Export:
     """Every contact (by id) as neutralised cells, under the header."""
     book = export_contacts(engine)
     keys = sorted({str(k) for c in book.contacts if isinstance(c.extra, dict) for k in c.extra})
-    header = ["phone", "name", "surname", "email", "groups", *(extra_column(k) for k in keys), "opted_out"]
-    rows = [_export_row(c, sorted(book.groups.get(c.id, []), key=group_key), keys) for c in book.contacts]
+    header = ["phone", "name", "surname", "email", "groups", *(extra_column(k) for k in keys), "opted_out",
+              "opted_out_origin"]
+    rows = [_export_row(c, sorted(book.groups.get(c.id, []), key=group_key), keys, book.opt_out_origins)
+            for c in book.contacts]
     return Export([neutralise(h) for h in header], rows, _export_warnings(book))
 
 
@@ -460,11 +466,12 @@ def _export_warnings(book: BookExport) -> list[str]:
     return warnings
 
 
-def _export_row(contact: StoredContact, groups: list[str], keys: list[str]) -> list[str]:
+def _export_row(contact: StoredContact, groups: list[str], keys: list[str], origins: dict[str, str]) -> list[str]:
     extra = contact.extra if isinstance(contact.extra, dict) else {}
     phone = contact.phone if _E164.fullmatch(contact.phone) else neutralise(contact.phone)
     cells = [contact.name, contact.surname, contact.email, GROUP_SEPARATOR.join(groups),
-             *(_extra_text(extra.get(k)) for k in keys), "true" if contact.opted_out else "false"]
+             *(_extra_text(extra.get(k)) for k in keys), "true" if contact.opted_out else "false",
+             origins.get(contact.phone, "") if contact.opted_out else ""]
     return [phone, *(neutralise(cell or "") for cell in cells)]
 
 

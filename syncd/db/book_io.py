@@ -25,7 +25,7 @@ from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.orm import Session
 
 from syncd.db.clock import utcnow
-from syncd.db.models import ContactRow, GroupMemberRow, GroupRow
+from syncd.db.models import ContactRow, GroupMemberRow, GroupRow, OptOutRow
 from syncd.model import group_key
 from syncd.phones import InvalidPhone, to_e164
 
@@ -78,6 +78,7 @@ class BookExport:
 
     contacts: list[StoredContact]  # by id
     groups: dict[int, list[str]]  # contact id -> the names of its groups, in no order
+    opt_out_origins: dict[str, str]  # phone -> "provider:origin" of an opt-out a provider reported
 
 
 # --- import ---------------------------------------------------------------------------------
@@ -202,4 +203,6 @@ def export_contacts(engine: Engine) -> BookExport:
         for cid, name in s.execute(select(GroupMemberRow.contact_id, GroupRow.name)
                                    .join(GroupRow, GroupRow.id == GroupMemberRow.group_id)):
             groups.setdefault(cid, []).append(name)
-    return BookExport(contacts, groups)
+        origins = {phone: f"{provider}:{origin}"
+                   for phone, provider, origin in s.execute(select(OptOutRow.phone, OptOutRow.provider, OptOutRow.origin))}
+    return BookExport(contacts, groups, origins)

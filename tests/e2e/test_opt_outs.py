@@ -4,6 +4,7 @@ over real HTTP against both simulators, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -108,3 +109,18 @@ def test_a_no_op_run_reads_one_blacklist_page(world: World):
     world.sync()
     counts = world.smsend.request_counts()
     assert counts == {"GET /API/v1.0/REST/groups": 1, "GET /API/v1.0/REST/blacklist/sms": 1}, counts
+
+
+def test_export_says_where_each_opt_out_came_from_and_import_reads_it_back(world: World, tmp_path):
+    world.sql("INSERT INTO contacts (phone, name) VALUES (:a, 'Ann'), (:b, 'Bob')", a=NUMBER, b=OTHER)
+    world.sync()
+    world.smsend.state.play_stop(NUMBER)
+    world.sync()
+    path = str(tmp_path / "book.csv")
+    assert world.cli("export", path).exit_code == 0
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    assert lines == ["phone,name,surname,email,groups,opted_out,opted_out_origin",
+                     f"{NUMBER},Ann,,,,true,smsend:STOPSMS", f"{OTHER},Bob,,,,false,"]
+    imported = world.cli("import", path)
+    assert imported.exit_code == 0, imported.output
+    assert world.sql("SELECT count(*) FROM contacts WHERE extra <> '{}'") == [(0,)], "origin is not an extra key"

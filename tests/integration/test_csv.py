@@ -306,10 +306,10 @@ def test_export_neutralises_formulas_but_not_e164_phones(cli: Cli) -> None:
     header, first, second = read_csv(path)
     # Extra keys sorted; those that would read back as another column get the "extra." prefix.
     assert header == ["phone", "name", "surname", "email", "groups", "cr", "extra.extra.key", "multi", "note",
-                      "extra.phone", "plain", "quoted", "tab", "opted_out"]
+                      "extra.phone", "plain", "quoted", "tab", "opted_out", "opted_out_origin"]
     assert first == ["+12025550143", "'=cmd|' /C calc'!A0", "'-2+3", "o'brien@example.org", "'+plus;Alpha", "'\rx",
                      "prefixed", 'line 1\nline 2, "quoted"', "'@SUM(1,2)", "clashes with a column", "'hello",
-                     "''=already quoted", "'\tx", "false"]
+                     "''=already quoted", "'\tx", "false", ""]
     assert second[:2] == ["'=1+1", "typed by SQL"]
 
 
@@ -342,10 +342,10 @@ def test_export_writes_utf8_without_bom_newline_endings_by_id_and_json_for_non_t
     assert result.exit_code == 0 and f"{path}: exported 3 contacts" in result.stdout
     assert f"warning: {path}: contact 3: extra is not a JSON object (list); left out" in result.stderr
     assert Path(path).read_bytes().decode("utf-8") == (
-        "phone,name,surname,email,groups,city,none,size,tags,opted_out\n"
-        '+12025550144,Zoë,,,,,,44,"[""a""]",false\n'
-        "+12025550143,Ann,,,,Zürich,,,,false\n"
-        "+12025550145,Cy,,,,,,,,false\n")
+        "phone,name,surname,email,groups,city,none,size,tags,opted_out,opted_out_origin\n"
+        '+12025550144,Zoë,,,,,,44,"[""a""]",false,\n'
+        "+12025550143,Ann,,,,Zürich,,,,false,\n"
+        "+12025550145,Cy,,,,,,,,false,\n")
 
 
 def test_export_to_a_missing_directory_is_exit_2_and_leaves_nothing(sqlite_cli: Cli) -> None:
